@@ -1,0 +1,479 @@
+"""The benchmarks of issue #9, each measured next to its same-run baseline."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from bench import load
+from bench.procs import Procs, RssSampler, rss_mb
+from bench.raw_submit import raw_submit
+from relay.app import intake_rules
+from relay.config import load_config
+from relay.passwords import PasswordChecker
+from relay.pipeline import Envelope, IntakeRules, process_command_mail
+from relay.spool.model import NewJob, NewRequest
+from relay.spool.sqlite import SqliteSpool
+from tests.integration.harness import free_port
+
+
+@dataclass(frozen=True)
+class Result:
+    """One figure: the relay's, the baseline's, their ratio, and the goal it is held to."""
+
+    name: str
+    value: float
+    unit: str
+    baseline: str
+    baseline_value: float
+    ratio: float
+    goal: str
+    ok: bool | None  # None: reported only (no goal)
+    note: str = ""
+
+    def line(self) -> str:
+        verdict = "report only" if self.ok is None else ("PASS" if self.ok else "FAIL")
+        text = (
+            f"RESULT {self.name}: {self.value:.4g} {self.unit} | baseline {self.baseline} "
+            f"{self.baseline_value:.4g} {self.unit} | ratio {self.ratio:.3f} | "
+            f"goal {self.goal}: {verdict}"
+        )
+        return text + (f" | {self.note}" if self.note else "")
+
+
+@dataclass
+class Settings:
+    smoke: bool
+    workdir: Path
+    say: Callable[[str], None]
+    use_python_load: bool = False
+
+    def pick(self, smoke: int, full: int) -> int:
+        return smoke if self.smoke else full
+
+
+# -- shared pieces -------------------------------------------------------------------------
+
+
+def bench_rules(workdir: Path) -> IntakeRules:
+    """The pipeline's rules from the same config file the relay would read."""
+    from bench.procs import bench_account
+    from tests.integration.harness import write_config
+
+    cfg = write_config(
+        workdir / "rules.toml",
+        {"smtp": {"domains": ["sms.test"]}, "replies": {"enabled": False}},
+        [bench_account()],
+    )
+    return intake_rules(load_config(cfg))
+
+
+def prefill(path: Path, count: int, *, destinations: int, workdir: Path) -> float:
+    """Store `count` one-part requests with `spool.store()`; short_message = the job's index."""
+    rules = bench_rules(workdir)
+    outcome = process_command_mail(
+        load.command_mail("0"),
+        Envelope(key="t", mail_from=load.MAIL_FROM, rcpt=load.RCPT, client_ip="127.0.0.1"),
+        rules,
+        PasswordChecker(),
+        now=time.time(),
+        new_id=lambda: "1",
+        next_ref=lambda phone: 1,
+    )
+    assert outcome.accepted, outcome.answer
+    template = outcome.request
+    job = template.jobs[0]
+
+    def request(i: int) -> NewRequest:
+        phone = f"7916{i % destinations:07d}"
+        sm = replace(job.submit, destination_addr=phone, short_message=str(i).encode())
+        new_job = NewJob(
+            phone="+" + phone,
+            entry=1,
+            part=1,
+            parts=1,
+            submit=sm,
+            not_before=job.not_before,
+            expires_at=job.expires_at + 86400,
+        )
+        # No admission checks: the prefill builds a backlog for the drain benchmark only.
+        return replace(
+            template,
+            key=f"prefill:{i}",
+            request_id=str(10**9 + i),
+            jobs=(new_job,),
+            admission=None,
+            limits=None,
+        )
+
+    async def fill() -> None:
+        spool = SqliteSpool(path)
+        await spool.open()
+        try:
+            for start in range(0, count, 2000):
+                reqs = [request(i) for i in range(start, min(count, start + 2000))]
+                await asyncio.gather(*(spool.store(r) for r in reqs))
+        finally:
+            await spool.close()
+
+    started = time.monotonic()
+    asyncio.run(fill())
+    return time.monotonic() - started
+
+
+def warm_up(port: int) -> None:
+    """One mail first: the argon2 verification is then cached, as in a running relay."""
+    res = asyncio.run(
+        load.drive(
+            port,
+            sessions=1,
+            count=1,
+            reuse=True,
+            time_limit=30,
+            make_mail=lambda i: load.command_mail("warm up"),
+        )
+    )
+    if res.accepted != 1:
+        raise RuntimeError(f"warm-up mail not accepted: {res.other}")
+
+
+def accepted_in_log(log: Path) -> int:
+    return log.read_text(errors="replace").count(" accepted id=")
+
+
+# -- 1. ingest -----------------------------------------------------------------------------
+
+
+def ingest(
+    s: Settings,
+    procs: Procs,
+    *,
+    spool: Path | None = None,
+    label: str = "ingest",
+    modes: tuple[str, ...] = ("reuse", "new"),
+) -> dict[str, float]:
+    """Mails/s accepted by the relay vs a bare aiosmtpd sink, same load generator."""
+    sessions, count = 20, s.pick(400, 4000)
+    exe = None if s.use_python_load else load.smtp_source_path()
+    if exe is None and s.use_python_load:
+        s.say("note: --python-load: using the Python asyncio load generator")
+    elif exe is None:
+        s.say(
+            "note: smtp-source not found (run bench/setup): using the Python asyncio load "
+            "generator, which shares the 2 cores with the server it measures"
+        )
+    mail_file = s.workdir / "command.eml"
+    mail_file.write_bytes(load.command_mail("Disk full on db1").replace(b"\r\n", b"\n"))
+    data = load.command_mail("Disk full on db1")
+    dead_smpp = free_port()  # nothing listens: jobs stay queued, only ingest is measured
+    spool = spool or s.workdir / f"{label}.db"
+    relay, relay_port = procs.relay(label, spool=spool, smpp_port=dead_smpp)
+    _, sink_port = procs.smtp_sink()
+    time.sleep(0.5)
+    idle = rss_mb(relay.pid)
+    warm_up(relay_port)
+    rates: dict[str, float] = {}
+    log = s.workdir / f"{label}.log"
+    with RssSampler(relay.pid) as rss:
+        for mode in modes:
+            reuse = mode == "reuse"
+            got: dict[str, float] = {}
+            for target, port in (("sink", sink_port), ("relay", relay_port)):
+                before = accepted_in_log(log)
+                if exe is not None:
+                    elapsed = load.run_smtp_source(
+                        exe,
+                        port,
+                        sessions=sessions,
+                        count=count,
+                        reuse=reuse,
+                        mail_file=mail_file,
+                        timeout=120,
+                    )
+                    ok = count
+                else:
+                    res = asyncio.run(
+                        load.drive(
+                            port,
+                            sessions=sessions,
+                            count=count,
+                            reuse=reuse,
+                            make_mail=lambda i: data,
+                            time_limit=120,
+                        )
+                    )
+                    elapsed, ok = res.elapsed, res.accepted
+                if target == "relay":
+                    time.sleep(0.2)
+                    ok = accepted_in_log(log) - before
+                    if ok != count:
+                        raise RuntimeError(f"relay accepted {ok} of {count} mails (see {log})")
+                got[target] = ok / elapsed
+            rates[mode] = got["relay"]
+            ratio = got["relay"] / got["sink"]
+            s.say(
+                Result(
+                    f"{label}.{mode}",
+                    got["relay"],
+                    "mails/s",
+                    "bare-aiosmtpd-sink",
+                    got["sink"],
+                    ratio,
+                    "ratio >= 0.80",
+                    ratio >= 0.80,
+                    f"{sessions} sessions, {count} mails of {len(data)} B, "
+                    f"{'smtp-source' if exe else 'python-load'}",
+                ).line()
+            )
+    s.say(
+        f"INFO {label}.rss: idle {idle:.1f} MB, peak under load {rss.peak:.1f} MB "
+        "(goals: idle <= 60 MB, peak <= 150 MB)"
+    )
+    rates["idle_rss"], rates["peak_rss"] = idle, rss.peak
+    procs.stop_all()
+    return rates
+
+
+# -- 2. drain ------------------------------------------------------------------------------
+
+
+def drain(
+    s: Settings,
+    procs: Procs,
+    *,
+    windows: tuple[int, ...] = (10, 50),
+    backlog: int = 0,
+    label: str = "drain",
+    spool: Path | None = None,
+) -> dict[int, float]:
+    """SMS parts/s from a full spool to the sink vs a raw smpplib submit loop, same window."""
+    count = s.pick(1500, 20000 if not backlog else 5000)
+    sink = procs.smpp_sink()
+    rates: dict[int, float] = {}
+    for window in windows:
+        path = spool
+        if path is None:
+            path = s.workdir / f"{label}-w{window}.db"
+            took = prefill(path, backlog + count, destinations=1000, workdir=s.workdir)
+            s.say(f"INFO {label}.w{window}: prefilled {backlog + count} jobs in {took:.1f} s")
+        sink.ask("reset")
+        relay, _ = procs.relay(f"{label}-w{window}", spool=path, smpp_port=sink.port, window=window)
+        with RssSampler(relay.pid) as rss:
+            st = sink.wait_count(count, timeout=s.pick(10, 60))
+        procs.stop(relay)
+        if st["count"] < 2:
+            raise RuntimeError(f"relay drained {st['count']} of {count} within the time limit")
+        partial = "" if st["count"] >= count else f"TIME LIMIT: only {st['count']} drained, "
+        relay_rate = (st["count"] - 1) / (st["last"] - st["first"])
+        sink.ask("reset")
+        asyncio.run(raw_submit(sink.port, count, window, time_limit=120))
+        st = sink.stats()
+        raw_rate = (st["count"] - 1) / (st["last"] - st["first"])
+        ratio = relay_rate / raw_rate
+        rates[window] = relay_rate
+        s.say(
+            Result(
+                f"{label}.window{window}",
+                relay_rate,
+                "parts/s",
+                "raw-smpplib-loop",
+                raw_rate,
+                ratio,
+                "ratio >= 0.70",
+                ratio >= 0.70,
+                partial
+                + f"{count} jobs"
+                + (f" on top of a {backlog}-job backlog" if backlog else "")
+                + f", relay peak RSS {rss.peak:.0f} MB",
+            ).line()
+        )
+    procs.stop_all()
+    return rates
+
+
+# -- 3. latency ----------------------------------------------------------------------------
+
+
+def latency(s: Settings, procs: Procs) -> None:
+    """`250` → submit_sm at the SMPP server, at a steady 200 mails/s."""
+    rate, seconds = 200, s.pick(2, 10)
+    count = rate * seconds
+    sink = procs.smpp_sink(record=True)
+    _, port = procs.relay("latency", spool=s.workdir / "latency.db", smpp_port=sink.port)
+    warm_up(port)
+    res = asyncio.run(
+        load.drive(
+            port,
+            sessions=8,
+            count=count,
+            reuse=True,
+            rate=rate,
+            time_limit=seconds + 30,
+            make_mail=lambda i: load.command_mail(str(i)),
+        )
+    )
+    sink.wait_count(res.accepted, timeout=10)
+    arrived = {bytes.fromhex(sm).decode("latin-1"): t for _, sm, t in sink.ask("dump")}
+    procs.stop_all()
+    lat = sorted((arrived[str(i)] - t) * 1000 for i, t in res.answered.items() if str(i) in arrived)
+    if len(lat) != count:
+        raise RuntimeError(f"latency: {len(lat)} of {count} mails matched a submit_sm")
+    p50, p99 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+    achieved = count / res.elapsed
+    for name, value, goal in (("p50", p50, 5.0), ("p99", p99, 25.0)):
+        s.say(
+            Result(
+                f"latency.{name}",
+                value,
+                "ms",
+                "goal",
+                goal,
+                value / goal,
+                "ratio <= 1.00",
+                value <= goal,
+                f"{count} mails at {achieved:.0f}/s offered {rate}/s; "
+                f"mean {statistics.fmean(lat):.2f} ms, max {lat[-1]:.2f} ms",
+            ).line()
+        )
+
+
+# -- 5. throttled upstream -----------------------------------------------------------------
+
+
+def throttled(s: Settings, procs: Procs) -> None:
+    """throughput = 100: submits/s over the window, no loss, order kept per destination."""
+    tput, seconds = 100, s.pick(3, 30)
+    count = tput * seconds + 50
+    spool = s.workdir / "throttle.db"
+    prefill(spool, count, destinations=10, workdir=s.workdir)
+    sink = procs.smpp_sink(record=True)
+    procs.relay("throttle", spool=spool, smpp_port=sink.port, throughput=tput)
+    st = sink.wait_count(1, timeout=20)
+    deadline = st["first"] + seconds + 5
+    st = sink.wait_count(count, timeout=max(1.0, deadline - time.monotonic()))
+    records = sink.ask("dump")
+    procs.stop_all()
+    first = records[0][2]
+    in_window = sum(1 for _, _, t in records if t < first + seconds)
+    measured = in_window / seconds
+    indexes = [int(bytes.fromhex(sm).decode("latin-1")) for _, sm, _ in records]
+    by_dest: dict[str, list[int]] = {}
+    for (dest, _, _), i in zip(records, indexes, strict=True):
+        by_dest.setdefault(dest, []).append(i)
+    ordered = all(v == sorted(v) for v in by_dest.values())
+    complete = sorted(indexes) == list(range(count))
+    ok = abs(measured - tput) <= 5 and ordered and complete
+    s.say(
+        Result(
+            "throttled.rate",
+            measured,
+            "submits/s",
+            "configured-throughput",
+            tput,
+            measured / tput,
+            "100 ± 5/s, none lost, order kept per destination",
+            ok,
+            f"over {seconds} s; {len(indexes)}/{count} delivered, "
+            f"{'in order' if ordered else 'REORDERED'} per destination, "
+            f"{'none lost' if complete else 'LOST OR DUPLICATED'}",
+        ).line()
+    )
+
+
+# -- 6. parser -----------------------------------------------------------------------------
+
+
+def parser(s: Settings) -> None:
+    """Pipeline µs per mail (bytes → jobs) vs the stdlib e-mail parser on the same bytes."""
+    rules = bench_rules(s.workdir)
+    checker = PasswordChecker()
+    env = Envelope(key="k", mail_from=load.MAIL_FROM, rcpt=load.RCPT, client_ip="127.0.0.1")
+    n = s.pick(200, 1000)
+    for name, raw in (
+        ("single", load.command_mail("Disk full on db1")),
+        ("list1000", load.list_mail(1000)),
+    ):
+
+        def run(i: int, raw: bytes = raw) -> None:
+            out = process_command_mail(
+                raw, env, rules, checker, now=time.time(), new_id=lambda: "1", next_ref=lambda p: 1
+            )
+            assert out.accepted, out.answer
+
+        def base(i: int, raw: bytes = raw) -> None:
+            email.message_from_bytes(raw, policy=email.policy.default)
+
+        figures = []
+        for fn in (run, base):
+            for i in range(20):
+                fn(i)
+            best = float("inf")
+            for _ in range(3):
+                started = time.perf_counter()
+                for i in range(n):
+                    fn(i)
+                best = min(best, (time.perf_counter() - started) / n * 1e6)
+            figures.append(best)
+        s.say(
+            Result(
+                f"parser.{name}",
+                figures[0],
+                "µs/mail",
+                "stdlib-email-parse",
+                figures[1],
+                figures[0] / figures[1],
+                "none (regressions)",
+                None,
+                f"{len(raw)} B mail",
+            ).line()
+        )
+
+
+# -- 4. scale ------------------------------------------------------------------------------
+
+
+def scale(s: Settings, procs: Procs, empty_ingest: float, empty_drain: float) -> None:
+    """Ingest and drain with a pre-filled spool (smaller than the issue's 1 000 000)."""
+    backlog = s.pick(20000, 100000)
+    spool = s.workdir / "scale.db"
+    took = prefill(spool, backlog, destinations=1000, workdir=s.workdir)
+    s.say(f"INFO scale: prefilled {backlog} jobs in {took:.1f} s (issue asks 1 000 000)")
+    rates = ingest(s, procs, spool=spool, label="scale-ingest", modes=("reuse",))
+    ratio = rates["reuse"] / empty_ingest
+    s.say(
+        Result(
+            f"scale{backlog // 1000}k.ingest",
+            rates["reuse"],
+            "mails/s",
+            "empty-spool-ingest",
+            empty_ingest,
+            ratio,
+            "ratio >= 0.80",
+            ratio >= 0.80,
+            f"{backlog}-job backlog, NOT the issue's 1 000 000; "
+            f"peak RSS {rates['peak_rss']:.0f} MB",
+        ).line()
+    )
+    drained = drain(
+        s, procs, windows=(10,), backlog=backlog, label=f"scale{backlog // 1000}k", spool=spool
+    )
+    ratio = drained[10] / empty_drain
+    s.say(
+        Result(
+            f"scale{backlog // 1000}k.drain",
+            drained[10],
+            "parts/s",
+            "empty-spool-drain",
+            empty_drain,
+            ratio,
+            "ratio >= 0.80",
+            ratio >= 0.80,
+            f"{backlog}-job backlog, NOT the issue's 1 000 000",
+        ).line()
+    )

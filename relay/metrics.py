@@ -1,0 +1,246 @@
+"""Prometheus metrics (prefix `sms_relay_`) and the /metrics + /healthz HTTP endpoint (SPEC §10).
+
+The components keep plain counters; a collector reads them at scrape time, so the hot paths
+never touch prometheus-client and tests can read the same numbers directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from relay.callback_sender import CallbackCounters
+from relay.mailer import MailCounters
+from relay.notifier import NoticeCounters
+from relay.smtp_front import IntakeCounters
+from relay.worker import DispatchCounters
+
+log = logging.getLogger("relay.metrics")
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Accept → submit_sm_resp includes queueing, retries and outages: seconds up to hours.
+END_TO_END_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+BIND_STATES = ("down", "connecting", "binding", "bound", "unbinding", "stopped")
+
+
+class BindView(Protocol):
+    """What the collector reads of an upstream bind (relay.smpp.link.UpstreamLink)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def bound(self) -> bool: ...
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def reconnects(self) -> int: ...
+
+
+@dataclass
+class _Histogram:
+    buckets: list[float]
+    counts: list[int]
+    total: float = 0.0
+    n: int = 0
+
+    def observe_all(self, values: Iterable[float]) -> None:
+        for v in values:
+            self.n += 1
+            self.total += v
+            for i, b in enumerate(self.buckets):
+                if v <= b:
+                    self.counts[i] += 1
+
+    def add_to(self, family: HistogramMetricFamily) -> None:
+        pairs = zip(self.buckets, self.counts, strict=True)
+        cumulative = [(str(b), c) for b, c in pairs]
+        family.add_metric([], [*cumulative, ("+Inf", self.n)], self.total)
+
+
+class RelayCollector(Collector):
+    """Reads the relay's counters and the spool depth when Prometheus scrapes."""
+
+    def __init__(
+        self,
+        *,
+        intake: IntakeCounters,
+        dispatch: DispatchCounters,
+        mail: MailCounters,
+        links: Sequence[BindView],
+        callbacks: CallbackCounters | None = None,
+        notices: NoticeCounters | None = None,
+    ) -> None:
+        self.callbacks = callbacks or CallbackCounters()
+        self.notices = notices or NoticeCounters()
+        self.intake = intake
+        self.dispatch = dispatch
+        self.mail = mail
+        self.links = links
+        self.spool_depth: dict[str, int] = {}  # refreshed by the HTTP handler before a scrape
+        self.oldest_due: float | None = None  # not_before of the earliest queued job
+        self._latency = _Histogram(list(LATENCY_BUCKETS), [0] * len(LATENCY_BUCKETS))
+        self._end_to_end = _Histogram(list(END_TO_END_BUCKETS), [0] * len(END_TO_END_BUCKETS))
+
+    def collect(self) -> Iterable[Metric]:
+        p = "sms_relay_"
+        yield CounterMetricFamily(p + "smtp_sessions", "SMTP sessions opened", self.intake.sessions)
+        mails = CounterMetricFamily(
+            p + "mails", "Requests received, by outcome and error code", labels=["outcome", "code"]
+        )
+        mails.add_metric(["accepted", "0"], self.intake.accepted)
+        for code, n in sorted(self.intake.refused.items()):
+            mails.add_metric(["refused", str(code)], n)
+        mails.add_metric(["tempfail", "0"], self.intake.temp_failures)
+        yield mails
+        limited = CounterMetricFamily(
+            p + "rate_limited",
+            "Requests over a rate or cost guard, by scope (account, sender)",
+            labels=["scope"],
+        )
+        for scope in ("account", "sender"):
+            limited.add_metric([scope], self.intake.rate_limited.get(scope, 0))
+        yield limited
+        yield CounterMetricFamily(
+            p + "smtp_auth_failures", "Failed SMTP AUTH attempts", self.intake.auth_failures
+        )
+        parts = CounterMetricFamily(p + "sms_parts", "SMS parts by result", labels=["result"])
+        parts.add_metric(["queued"], self.intake.parts_queued)
+        parts.add_metric(["submitted"], self.dispatch.submitted)
+        parts.add_metric(["delivered"], self.dispatch.delivered)
+        parts.add_metric(["undeliverable"], self.dispatch.undeliverable)
+        parts.add_metric(["failed"], self.dispatch.failed)
+        parts.add_metric(["expired"], self.dispatch.expired)
+        parts.add_metric(["retried"], self.dispatch.retried)
+        yield parts
+        yield CounterMetricFamily(
+            p + "throttled", "Throttling answers from the upstream", self.dispatch.throttled
+        )
+        receipts = CounterMetricFamily(p + "receipts", "Delivery receipts by stat", labels=["stat"])
+        for stat, n in sorted(self.dispatch.receipts.items()):
+            receipts.add_metric([stat], n)
+        yield receipts
+        lat, self.dispatch.latencies[:] = list(self.dispatch.latencies), []
+        self._latency.observe_all(lat)
+        hist = HistogramMetricFamily(p + "submit_latency_seconds", "submit_sm → submit_sm_resp")
+        self._latency.add_to(hist)
+        yield hist
+        e2e, self.dispatch.end_to_end[:] = list(self.dispatch.end_to_end), []
+        self._end_to_end.observe_all(e2e)
+        hist = HistogramMetricFamily(
+            p + "end_to_end_seconds", "Mail accepted (250) → submit_sm_resp OK, per SMS part"
+        )
+        self._end_to_end.add_to(hist)
+        yield hist
+        depth = GaugeMetricFamily(p + "spool_jobs", "Spooled SMS jobs by state", labels=["state"])
+        for state, n in sorted(self.spool_depth.items()):
+            depth.add_metric([state], n)
+        yield depth
+        due = self.oldest_due
+        yield GaugeMetricFamily(
+            p + "spool_oldest_due_seconds",
+            "Seconds the longest-waiting due SMS job has been due (0: none)",
+            value=max(0.0, time.time() - due) if due is not None else 0.0,
+        )
+        bound = GaugeMetricFamily(p + "bind_up", "1 when the bind is bound", labels=["bind"])
+        for i, link in enumerate(self.links):
+            bound.add_metric([str(i)], 1 if link.bound else 0)
+        yield bound
+        states = GaugeMetricFamily(
+            p + "bind_state", "1 for the state each bind is in", labels=["bind", "state"]
+        )
+        for i, link in enumerate(self.links):
+            for state in BIND_STATES:
+                states.add_metric([str(i), state], 1 if link.state == state else 0)
+        yield states
+        reconnects = CounterMetricFamily(
+            p + "bind_reconnects", "Connections lost or refused, then retried", labels=["bind"]
+        )
+        for i, link in enumerate(self.links):
+            reconnects.add_metric([str(i)], link.reconnects)
+        yield reconnects
+        replies = CounterMetricFamily(p + "reply_mails", "Reply mails by result", labels=["result"])
+        replies.add_metric(["sent"], self.mail.sent)
+        replies.add_metric(["failed"], self.mail.failed)
+        replies.add_metric(["retried"], self.mail.retried)
+        yield replies
+        calls = CounterMetricFamily(
+            p + "callbacks", "Status/MO callbacks to clients by result", labels=["result"]
+        )
+        calls.add_metric(["queued"], self.notices.callbacks_queued)
+        calls.add_metric(["sent"], self.callbacks.sent)
+        calls.add_metric(["failed"], self.callbacks.failed)
+        calls.add_metric(["retried"], self.callbacks.retried)
+        yield calls
+        notices = CounterMetricFamily(
+            p + "notices", "Final message states and complete MO SMS seen", labels=["kind"]
+        )
+        notices.add_metric(["status"], self.notices.status)
+        notices.add_metric(["mo"], self.notices.mo)
+        yield notices
+        notice_mails = CounterMetricFamily(
+            p + "notice_mails", "Status and MO mails queued", labels=["kind"]
+        )
+        notice_mails.add_metric(["status"], self.notices.status_mailed)
+        notice_mails.add_metric(["mo"], self.notices.mo_mailed)
+        yield notice_mails
+
+
+async def serve_http(
+    host: str,
+    port: int,
+    registry: CollectorRegistry,
+    health: Callable[[], Awaitable[tuple[bool, dict[str, object]]]],
+    before_scrape: Callable[[], Awaitable[None]],
+) -> asyncio.Server:
+    """A minimal HTTP/1.0 server for two GET paths; enough for Prometheus and probes."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 5)
+            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
+                pass
+            parts = line.decode("latin-1").split()
+            path = parts[1].split("?", 1)[0] if len(parts) >= 2 else ""
+            if path == "/metrics":
+                await before_scrape()
+                body = await asyncio.to_thread(generate_latest, registry)
+                status, ctype = "200 OK", "text/plain; version=0.0.4; charset=utf-8"
+            elif path == "/healthz":
+                ok, detail = await health()
+                body = json.dumps(detail).encode()
+                status = "200 OK" if ok else "503 Service Unavailable"
+                ctype = "application/json"
+            else:
+                status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
+            head = (
+                f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            )
+            writer.write(head.encode() + body)
+            await writer.drain()
+        except (OSError, TimeoutError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    return await asyncio.start_server(handle, host, port)

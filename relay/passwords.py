@@ -1,0 +1,88 @@
+"""Account passwords: hashing for the config, constant-time verification (SPEC §4, §10)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import threading
+from collections import OrderedDict
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+HASH_PREFIX = "$argon2"
+_CACHE_SIZE = 4096
+
+
+def hash_password(password: str) -> str:
+    """An argon2id hash that `password = "..."` in the config accepts."""
+    return PasswordHasher().hash(password)
+
+
+def is_hashed(stored: str) -> bool:
+    return stored.startswith(HASH_PREFIX)
+
+
+class _Verification:
+    """One argon2 verification in progress, shared by everyone asking the same question."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.ok = False
+
+
+class PasswordChecker:
+    """Verifies a presented secret against the stored password or API key.
+
+    Argon2 costs tens of milliseconds by design; a gateway checks the same credentials on every
+    mail, so a successful verification is remembered as an HMAC (keyed with a per-process random
+    key, never the secret itself) and later checks of the same pair cost one HMAC. Failures are
+    not cached, so a changed password takes effect immediately and guessing stays expensive.
+    """
+
+    def __init__(self) -> None:
+        self._key = secrets.token_bytes(32)
+        self._ok: OrderedDict[bytes, None] = OrderedDict()
+        self._running: dict[bytes, _Verification] = {}
+        self._lock = threading.Lock()  # verify() runs in worker threads (asyncio.to_thread)
+        self._hasher = PasswordHasher()
+
+    def verify(self, stored: str, presented: str) -> bool:
+        if not stored:
+            return False
+        if not is_hashed(stored):
+            # Plain passwords are for tests and dry runs; still compared in constant time.
+            return hmac.compare_digest(stored.encode("utf-8"), presented.encode("utf-8"))
+        token = hmac.new(
+            self._key, stored.encode() + b"\0" + presented.encode("utf-8"), hashlib.sha256
+        ).digest()
+        with self._lock:
+            if token in self._ok:
+                self._ok.move_to_end(token)
+                return True
+            running = self._running.get(token)
+            if running is None:
+                running = self._running[token] = _Verification()
+                leader = True
+            else:
+                leader = False
+        if not leader:
+            # Single flight: N sessions presenting the same credentials while the cache is cold
+            # wait for one argon2 run instead of running N (each costs ~64 MiB and ~50 ms).
+            running.done.wait()
+            return running.ok
+        try:
+            self._hasher.verify(stored, presented)
+            running.ok = True
+        except (VerificationError, InvalidHashError):
+            running.ok = False
+        finally:
+            with self._lock:
+                if running.ok:
+                    self._ok[token] = None
+                    if len(self._ok) > _CACHE_SIZE:
+                        self._ok.popitem(last=False)
+                del self._running[token]
+            running.done.set()
+        return running.ok

@@ -1,0 +1,1176 @@
+"""The embedded spool: SQLite in WAL mode with synchronous=FULL and group commit (SPEC §8).
+
+One thread owns the connection. Callers queue operations; the thread runs every operation that
+is waiting in one transaction (each in its own SAVEPOINT, so one failure does not undo the
+others), commits once, and only then resolves the callers' futures. Under concurrent load this
+turns N fsyncs into one, which is how the SMTP front can answer `250` only after a durable commit
+and still keep up (the Mailman/Postfix discipline: commit before acknowledging).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from relay.config import LimitsConfig
+from relay.errors import ErrorCode, SpoolError
+from relay.rates import MINUTE, RateCheck, Usage, active, first_exceeded, utc_day
+from relay.spool.model import (
+    Admission,
+    Callback,
+    Job,
+    JobState,
+    JobView,
+    Mail,
+    MoMessage,
+    NewRequest,
+    Notice,
+    NoticeOutcome,
+    SentMessage,
+    StoreResult,
+    error_code,
+    message_state,
+    rate_overs,
+    submit_from_json,
+    submit_to_json,
+    tempfail_checks,
+)
+
+log = logging.getLogger("relay.spool")
+
+T = TypeVar("T")
+_Op = Callable[[sqlite3.Connection], Any]
+
+SCHEMA_VERSION = 3  # 2: the SPEC §5 protection tables; 3: notices, callbacks (added in place)
+_BATCH_MAX = 512
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS requests (
+    pk INTEGER PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,
+    request_id TEXT NOT NULL,
+    login TEXT NOT NULL,
+    mail_from TEXT NOT NULL,
+    client_ip TEXT NOT NULL,
+    created REAL NOT NULL,
+    error INTEGER NOT NULL,
+    comment TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS requests_request_id ON requests(request_id);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    request_pk INTEGER NOT NULL REFERENCES requests(pk),
+    phone TEXT NOT NULL,
+    entry INTEGER NOT NULL,
+    part INTEGER NOT NULL,
+    parts INTEGER NOT NULL,
+    submit TEXT NOT NULL,
+    state TEXT NOT NULL,
+    not_before REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    upstream_id TEXT NOT NULL DEFAULT '',
+    error TEXT NOT NULL DEFAULT '',
+    receipt TEXT NOT NULL DEFAULT '',
+    updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_queued ON jobs(not_before, id) WHERE state = 'queued';
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE INDEX IF NOT EXISTS jobs_request ON jobs(request_pk);
+CREATE TABLE IF NOT EXISTS upstream_keys (key TEXT NOT NULL, job_id INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS upstream_keys_key ON upstream_keys(key);
+CREATE TABLE IF NOT EXISTS early_receipts (
+    key TEXT NOT NULL,
+    state TEXT NOT NULL,
+    receipt TEXT NOT NULL,
+    received REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS early_receipts_key ON early_receipts(key);
+CREATE TABLE IF NOT EXISTS mails (
+    id INTEGER PRIMARY KEY,
+    request_pk INTEGER,
+    mail_from TEXT NOT NULL,
+    rcpt TEXT NOT NULL,
+    data BLOB NOT NULL,
+    state TEXT NOT NULL,
+    not_before REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT NOT NULL DEFAULT '',
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mo (
+    id INTEGER PRIMARY KEY,
+    received REAL NOT NULL,
+    source_addr TEXT NOT NULL,
+    destination_addr TEXT NOT NULL,
+    esm_class INTEGER NOT NULL,
+    data_coding INTEGER NOT NULL,
+    short_message BLOB NOT NULL,
+    tlvs TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS mails_queued ON mails(not_before, id) WHERE state = 'queued';
+-- SPEC §5 protections: their state lives here so that a restart does not reset them.
+CREATE TABLE IF NOT EXISTS fingerprints (fp TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS fingerprints_fp ON fingerprints(fp, at);
+CREATE INDEX IF NOT EXISTS fingerprints_at ON fingerprints(at);
+CREATE TABLE IF NOT EXISTS flood (
+    dest TEXT PRIMARY KEY,
+    streak INTEGER NOT NULL,
+    last REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS flood_last ON flood(last);
+CREATE TABLE IF NOT EXISTS balances (
+    login TEXT PRIMARY KEY,
+    configured INTEGER NOT NULL,
+    remaining INTEGER NOT NULL
+);
+-- Issue 6 rate guards ("scope:key"): accepted requests of the last minute, parts per UTC day.
+CREATE TABLE IF NOT EXISTS rate_events (key TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS rate_events_key ON rate_events(key, at);
+CREATE INDEX IF NOT EXISTS rate_events_at ON rate_events(at);
+CREATE TABLE IF NOT EXISTS rate_days (
+    key TEXT NOT NULL,
+    day INTEGER NOT NULL,
+    parts INTEGER NOT NULL,
+    PRIMARY KEY (key, day)
+);
+CREATE TABLE IF NOT EXISTS ip_failures (ip TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS ip_failures_ip ON ip_failures(ip, at);
+CREATE INDEX IF NOT EXISTS ip_failures_at ON ip_failures(at);
+-- Issue 8: notices are written in the transaction that makes a message final or stores an MO
+-- SMS (a transactional outbox); the notifier turns each into callbacks and mails, atomically.
+CREATE TABLE IF NOT EXISTS notices (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    request_pk INTEGER,
+    entry INTEGER NOT NULL DEFAULT 0,
+    phone TEXT NOT NULL DEFAULT '',
+    mo_id INTEGER,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS callbacks (
+    id INTEGER PRIMARY KEY,
+    stream TEXT NOT NULL,
+    url TEXT NOT NULL,
+    body BLOB NOT NULL,
+    content_type TEXT NOT NULL,
+    state TEXT NOT NULL,
+    not_before REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT NOT NULL DEFAULT '',
+    updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS callbacks_open ON callbacks(stream, id)
+    WHERE state IN ('queued', 'sending');
+CREATE INDEX IF NOT EXISTS callbacks_queued ON callbacks(not_before, id) WHERE state = 'queued';
+CREATE INDEX IF NOT EXISTS jobs_phone ON jobs(phone, id);
+CREATE INDEX IF NOT EXISTS mo_source ON mo(source_addr, id);
+CREATE TABLE IF NOT EXISTS ip_blocks (
+    ip TEXT PRIMARY KEY,
+    until REAL NOT NULL,
+    notified INTEGER NOT NULL
+);
+"""
+
+
+_SET_OUTBOUND = {
+    table: f"UPDATE {table} SET state = ?, error = ?, updated = COALESCE(?, updated),"  # noqa: S608 - fixed table names
+    " not_before = COALESCE(?, not_before) WHERE id = ?"
+    for table in ("mails", "callbacks")
+}
+
+
+def sqlite_path(url: str) -> str:
+    """`sqlite:///rel.db` → `rel.db`; `sqlite:////abs/x.db` → `/abs/x.db` (SQLAlchemy style)."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        raise ValueError(f"not a sqlite URL: {url!r}")
+    return url[len(prefix) :]
+
+
+class SqliteSpool:
+    """The SQLite spool; see the module docstring for the threading and commit model."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._path = str(path)
+        self._ops: queue.SimpleQueue[tuple[_Op, asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = self._loop.create_future()
+        self._thread = threading.Thread(
+            target=self._run, args=(ready,), name="spool-sqlite", daemon=True
+        )
+        self._thread.start()
+        await ready
+
+    async def close(self) -> None:
+        if self._thread is None:
+            return
+        self._ops.put(None)
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
+
+    # -- the writer thread -----------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        parent = Path(self._path).parent
+        parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=10000")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.executescript(_SCHEMA)
+        conn.execute(
+            "INSERT OR REPLACE INTO meta(name, value) VALUES ('schema_version', ?)",
+            (str(SCHEMA_VERSION),),
+        )
+        return conn
+
+    def _run(self, ready: asyncio.Future[None]) -> None:
+        assert self._loop is not None
+        try:
+            conn = self._connect()
+        except Exception as exc:  # report to open() instead of dying silently
+            self._resolve(ready, None, SpoolError(f"cannot open spool {self._path}: {exc}"))
+            return
+        self._resolve(ready, None, None)
+        try:
+            while True:
+                item = self._ops.get()
+                if item is None:
+                    break
+                batch = [item]
+                stop = False
+                while len(batch) < _BATCH_MAX:
+                    try:
+                        nxt = self._ops.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        stop = True
+                        break
+                    batch.append(nxt)
+                self._run_batch(conn, batch)
+                if stop:
+                    break
+        finally:
+            conn.close()
+
+    def _run_batch(
+        self, conn: sqlite3.Connection, batch: list[tuple[_Op, asyncio.Future[Any]]]
+    ) -> None:
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            for _, fut in batch:
+                self._resolve(fut, None, SpoolError(f"spool busy: {exc}"))
+            return
+        # A lone operation needs no SAVEPOINT: if it fails, the whole transaction is undone.
+        alone = len(batch) == 1
+        for op, fut in batch:
+            if not alone:
+                conn.execute("SAVEPOINT op")
+            try:
+                value = op(conn)
+            except Exception as exc:
+                if not alone:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                results.append((fut, None, exc))
+            else:
+                if not alone:
+                    conn.execute("RELEASE op")
+                results.append((fut, value, None))
+        try:
+            conn.execute("ROLLBACK" if alone and results[0][2] is not None else "COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            log.error("spool commit failed: %s", exc)
+            failure = SpoolError(f"spool commit failed: {exc}")
+            self._resolve_all([(fut, None, failure) for fut, _, _ in results])
+            return
+        self._resolve_all(
+            [
+                (fut, value, SpoolError(f"spool operation failed: {error}"))
+                if isinstance(error, sqlite3.Error)
+                else (fut, value, error)
+                for fut, value, error in results
+            ]
+        )
+
+    def _resolve_all(
+        self, results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
+    ) -> None:
+        """Settle a whole batch with one wake-up of the event loop (not one per future)."""
+        assert self._loop is not None
+
+        def settle() -> None:
+            for fut, value, error in results:
+                if fut.done():
+                    continue
+                if error is not None:
+                    fut.set_exception(error)
+                else:
+                    fut.set_result(value)
+
+        # A loop closed during shutdown raises RuntimeError: nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(settle)
+
+    def _resolve(self, fut: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+        assert self._loop is not None
+
+        def settle() -> None:
+            if fut.done():
+                return
+            if error is not None:
+                fut.set_exception(error)
+            else:
+                fut.set_result(value)
+
+        # A loop closed during shutdown raises RuntimeError: nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(settle)
+
+    async def _do(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        if self._thread is None or self._loop is None:
+            raise SpoolError("spool is not open")
+        fut: asyncio.Future[T] = self._loop.create_future()
+        self._ops.put((op, fut))
+        return await fut
+
+    # -- requests --------------------------------------------------------------------------
+
+    async def store(self, request: NewRequest) -> StoreResult:
+        [result] = await self.store_all([request])
+        return result
+
+    async def store_all(self, requests: Sequence[NewRequest]) -> list[StoreResult]:
+        batch = list(requests)
+
+        def op(conn: sqlite3.Connection) -> list[StoreResult]:
+            held = _rate_tempfail(conn, batch, _known(conn, batch))
+            if held is not None:
+                return held
+            return [_store_one(conn, request) for request in batch]
+
+        return await self._do(op) if batch else []
+
+    async def ip_blocked(self, client_ip: str, now: float) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT 1 FROM ip_blocks WHERE ip = ? AND until > ?", (client_ip, now)
+            ).fetchone()
+            return row is not None
+
+        return await self._do(op)
+
+    async def balance(self, login: str) -> int | None:
+        def op(conn: sqlite3.Connection) -> int | None:
+            row = conn.execute(
+                "SELECT remaining FROM balances WHERE login = ?", (login.lower(),)
+            ).fetchone()
+            return None if row is None else int(row[0])
+
+        return await self._do(op)
+
+    async def recover(self) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            n = conn.execute("UPDATE jobs SET state = 'queued' WHERE state = 'sending'").rowcount
+            n += conn.execute("UPDATE mails SET state = 'queued' WHERE state = 'sending'").rowcount
+            n += conn.execute(
+                "UPDATE callbacks SET state = 'queued' WHERE state = 'sending'"
+            ).rowcount
+            return n
+
+        return await self._do(op)
+
+    # -- SMS jobs --------------------------------------------------------------------------
+
+    async def claim(self, limit: int, now: float) -> list[Job]:
+        def op(conn: sqlite3.Connection) -> list[Job]:
+            rows = conn.execute(
+                "SELECT j.id, r.request_id, j.phone, j.part, j.parts, j.submit, j.attempts,"
+                " j.expires_at, r.created FROM jobs j INDEXED BY jobs_queued"
+                " JOIN requests r ON r.pk = j.request_pk"
+                " WHERE j.state = 'queued' AND j.not_before <= ? ORDER BY j.not_before, j.id"
+                " LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            if not rows:
+                return []
+            conn.executemany(
+                "UPDATE jobs SET state = 'sending', attempts = attempts + 1, updated = ?"
+                " WHERE id = ?",
+                [(now, r[0]) for r in rows],
+            )
+            return [
+                Job(
+                    id=r[0],
+                    request_id=r[1],
+                    phone=r[2],
+                    part=r[3],
+                    parts=r[4],
+                    submit=submit_from_json(r[5]),
+                    attempts=r[6] + 1,
+                    expires_at=r[7],
+                    created=r[8],
+                )
+                for r in rows
+            ]
+
+        return await self._do(op)
+
+    async def next_due(self) -> float | None:
+        def op(conn: sqlite3.Connection) -> float | None:
+            # The partial index holds only queued jobs in due order: the first row is the answer.
+            # (Without INDEXED BY the planner picks jobs_state and sorts every queued job.)
+            row = conn.execute(
+                "SELECT not_before FROM jobs INDEXED BY jobs_queued WHERE state = 'queued'"
+                " ORDER BY not_before, id LIMIT 1"
+            ).fetchone()
+            return None if row is None or row[0] is None else float(row[0])
+
+        return await self._do(op)
+
+    async def mark_submitted(
+        self, job_id: int, upstream_id: str, keys: tuple[str, ...], now: float
+    ) -> JobState:
+        def op(conn: sqlite3.Connection) -> JobState:
+            conn.execute(
+                "UPDATE jobs SET state = 'submitted', upstream_id = ?, error = '', updated = ?"
+                " WHERE id = ?",
+                (upstream_id, now, job_id),
+            )
+            conn.executemany(
+                "INSERT INTO upstream_keys(key, job_id) VALUES (?, ?)", [(k, job_id) for k in keys]
+            )
+            state = JobState.SUBMITTED
+            if keys:
+                marks = ",".join("?" * len(keys))
+                early = conn.execute(
+                    f"SELECT rowid, state, receipt FROM early_receipts WHERE key IN ({marks})"  # noqa: S608
+                    " ORDER BY received",
+                    keys,
+                ).fetchall()
+                for rowid, rstate, receipt in early:
+                    state = _apply(conn, job_id, rstate or None, receipt, now) or state
+                    conn.execute("DELETE FROM early_receipts WHERE rowid = ?", (rowid,))
+            return state
+
+        return await self._do(op)
+
+    async def mark_retry(self, job_id: int, not_before: float, error: str) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE jobs SET state = 'queued', not_before = ?, error = ? WHERE id = ?",
+                (not_before, error, job_id),
+            )
+
+        await self._do(op)
+
+    async def mark_final(self, job_id: int, state: JobState, error: str, now: float) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            was_final = _is_final(conn, job_id)
+            conn.execute(
+                "UPDATE jobs SET state = ?, error = ?, updated = ? WHERE id = ?",
+                (state.value, error, now, job_id),
+            )
+            if state.final and not was_final:
+                _final_notice(conn, job_id, now)
+
+        await self._do(op)
+
+    async def apply_receipt(
+        self, keys: tuple[str, ...], state: JobState | None, receipt: dict[str, Any], now: float
+    ) -> int:
+        text = json.dumps(receipt, ensure_ascii=False, sort_keys=True)
+
+        def op(conn: sqlite3.Connection) -> int:
+            if not keys:
+                return 0
+            marks = ",".join("?" * len(keys))
+            row = conn.execute(
+                f"SELECT job_id FROM upstream_keys WHERE key IN ({marks})"  # noqa: S608
+                " ORDER BY job_id DESC LIMIT 1",
+                keys,
+            ).fetchone()
+            if row is None:
+                # SPEC §9: a receipt may arrive before the submit_sm_resp is processed.
+                conn.execute(
+                    "INSERT INTO early_receipts(key, state, receipt, received) VALUES (?, ?, ?, ?)",
+                    (keys[0], state.value if state else "", text, now),
+                )
+                return 0
+            _apply(conn, int(row[0]), state.value if state else None, text, now)
+            return 1
+
+        return await self._do(op)
+
+    # -- mobile-originated SMS -------------------------------------------------------------
+
+    async def store_mo(self, mo: MoMessage, now: float) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                "INSERT INTO mo(received, source_addr, destination_addr, esm_class, data_coding,"
+                " short_message, tlvs) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    now,
+                    mo.source_addr,
+                    mo.destination_addr,
+                    mo.esm_class,
+                    mo.data_coding,
+                    mo.short_message,
+                    json.dumps(mo.tlvs, sort_keys=True),
+                ),
+            )
+            mo_id = int(cur.lastrowid or 0)
+            conn.execute(
+                "INSERT INTO notices(kind, mo_id, phone, created) VALUES ('mo', ?, ?, ?)",
+                (mo_id, mo.source_addr, now),
+            )
+            return mo_id
+
+        return await self._do(op)
+
+    async def mo_messages(self, limit: int = 100) -> list[tuple[int, float, MoMessage]]:
+        def op(conn: sqlite3.Connection) -> list[tuple[int, float, MoMessage]]:
+            rows = conn.execute(
+                "SELECT id, received, source_addr, destination_addr, esm_class, data_coding,"
+                " short_message, tlvs FROM mo ORDER BY id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+            return [
+                (r[0], r[1], MoMessage(r[2], r[3], r[4], r[5], bytes(r[6]), json.loads(r[7])))
+                for r in rows
+            ]
+
+        return await self._do(op)
+
+    # -- outbound mails --------------------------------------------------------------------
+
+    async def claim_mails(self, limit: int, now: float) -> list[Mail]:
+        def op(conn: sqlite3.Connection) -> list[Mail]:
+            rows = conn.execute(
+                "SELECT id, mail_from, rcpt, data, attempts, expires_at FROM mails"
+                " WHERE state = 'queued' AND not_before <= ? ORDER BY not_before, id LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE mails SET state = 'sending', attempts = attempts + 1, updated = ?"
+                " WHERE id = ?",
+                [(now, r[0]) for r in rows],
+            )
+            return [Mail(r[0], r[1], r[2], bytes(r[3]), r[4] + 1, r[5]) for r in rows]
+
+        return await self._do(op)
+
+    async def next_mail_due(self) -> float | None:
+        def op(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute(
+                "SELECT MIN(not_before) FROM mails WHERE state = 'queued'"
+            ).fetchone()
+            return None if row is None or row[0] is None else float(row[0])
+
+        return await self._do(op)
+
+    async def mark_mail_sent(self, mail_id: int, now: float) -> None:
+        await self._set_outbound("mails", mail_id, "sent", "", now, None)
+
+    async def mark_mail_retry(self, mail_id: int, not_before: float, error: str) -> None:
+        await self._set_outbound("mails", mail_id, "queued", error, None, not_before)
+
+    async def mark_mail_failed(self, mail_id: int, error: str, now: float) -> None:
+        await self._set_outbound("mails", mail_id, "failed", error, now, None)
+
+    async def _set_outbound(
+        self,
+        table: Literal["mails", "callbacks"],
+        row_id: int,
+        state: str,
+        error: str,
+        now: float | None,
+        not_before: float | None,
+    ) -> None:
+        """The state of an outbound mail or callback: sent, queued again, or failed."""
+        sql = _SET_OUTBOUND[table]
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(sql, (state, error, now, not_before, row_id))
+
+        await self._do(op)
+
+    # -- issue 8: notices, callbacks, MO answers -------------------------------------------
+
+    async def claim_notices(self, limit: int) -> list[Notice]:
+        def op(conn: sqlite3.Connection) -> list[Notice]:
+            rows = conn.execute(
+                "SELECT id, kind, request_pk, entry, phone, mo_id, created FROM notices"
+                " ORDER BY id LIMIT ?",
+                (limit,),
+            ).fetchall()
+            return [_notice(conn, *r) for r in rows]
+
+        return await self._do(op)
+
+    async def settle_notices(self, outcomes: Sequence[NoticeOutcome], now: float) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            for out in outcomes:
+                conn.executemany(
+                    "INSERT INTO callbacks(stream, url, body, content_type, state, not_before,"
+                    " expires_at, updated) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
+                    [
+                        (c.stream, c.url, c.body, c.content_type, now, c.expires_at, now)
+                        for c in out.callbacks
+                    ],
+                )
+                conn.executemany(
+                    "INSERT INTO mails(request_pk, mail_from, rcpt, data, state, not_before,"
+                    " expires_at, updated) VALUES (NULL, ?, ?, ?, 'queued', ?, ?, ?)",
+                    [(m.mail_from, m.rcpt, m.data, now, m.expires_at, now) for m in out.mails],
+                )
+                conn.execute("DELETE FROM notices WHERE id = ?", (out.notice_id,))
+
+        await self._do(op)
+
+    async def claim_callbacks(self, limit: int, now: float) -> list[Callback]:
+        def op(conn: sqlite3.Connection) -> list[Callback]:
+            # Only the head of each stream: a message's callbacks go out one after the other.
+            rows = conn.execute(
+                "SELECT id, stream, url, body, content_type, attempts, expires_at FROM callbacks c"
+                " WHERE state = 'queued' AND not_before <= ? AND NOT EXISTS (SELECT 1 FROM"
+                " callbacks p WHERE p.stream = c.stream AND p.id < c.id"
+                " AND p.state IN ('queued', 'sending')) ORDER BY not_before, id LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE callbacks SET state = 'sending', attempts = attempts + 1, updated = ?"
+                " WHERE id = ?",
+                [(now, r[0]) for r in rows],
+            )
+            return [Callback(r[0], r[1], r[2], bytes(r[3]), r[4], r[5] + 1, r[6]) for r in rows]
+
+        return await self._do(op)
+
+    async def next_callback_due(self) -> float | None:
+        def op(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute(
+                "SELECT MIN(not_before) FROM callbacks c WHERE state = 'queued' AND NOT EXISTS"
+                " (SELECT 1 FROM callbacks p WHERE p.stream = c.stream AND p.id < c.id"
+                " AND p.state IN ('queued', 'sending'))"
+            ).fetchone()
+            return None if row is None or row[0] is None else float(row[0])
+
+        return await self._do(op)
+
+    async def mark_callback_sent(self, callback_id: int, now: float) -> None:
+        await self._set_outbound("callbacks", callback_id, "sent", "", now, None)
+
+    async def mark_callback_retry(self, callback_id: int, not_before: float, error: str) -> None:
+        await self._set_outbound("callbacks", callback_id, "queued", error, None, not_before)
+
+    async def mark_callback_failed(self, callback_id: int, error: str, now: float) -> None:
+        await self._set_outbound("callbacks", callback_id, "failed", error, now, None)
+
+    async def last_sent_to(self, phone: str, since: float) -> SentMessage | None:
+        def op(conn: sqlite3.Connection) -> SentMessage | None:
+            row = conn.execute(
+                "SELECT j.request_pk, j.entry, r.request_id, r.login, r.mail_from, r.created"
+                " FROM jobs j JOIN requests r ON r.pk = j.request_pk"
+                " WHERE j.phone = ? AND j.upstream_id != '' AND r.created >= ?"
+                " ORDER BY j.id DESC LIMIT 1",
+                (phone, since),
+            ).fetchone()
+            if row is None:
+                return None
+            submits = tuple(
+                submit_from_json(r[0])
+                for r in conn.execute(
+                    "SELECT submit FROM jobs WHERE request_pk = ? AND entry = ? AND phone = ?"
+                    " ORDER BY part",
+                    (row[0], row[1], phone),
+                )
+            )
+            return SentMessage(row[2], row[3], row[4], phone, float(row[5]), submits)
+
+        return await self._do(op)
+
+    async def mo_from(self, source_addr: str, since: float) -> list[tuple[int, float, MoMessage]]:
+        def op(conn: sqlite3.Connection) -> list[tuple[int, float, MoMessage]]:
+            rows = conn.execute(
+                "SELECT id, received, source_addr, destination_addr, esm_class, data_coding,"
+                " short_message, tlvs FROM mo WHERE source_addr = ? AND received >= ?"
+                " ORDER BY id",
+                (source_addr, since),
+            ).fetchall()
+            return [
+                (r[0], r[1], MoMessage(r[2], r[3], r[4], r[5], bytes(r[6]), json.loads(r[7])))
+                for r in rows
+            ]
+
+        return await self._do(op)
+
+    # -- inspection ------------------------------------------------------------------------
+
+    async def counts(self) -> dict[str, int]:
+        def op(conn: sqlite3.Connection) -> dict[str, int]:
+            out = {s.value: 0 for s in JobState}
+            for state, n in conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
+                out[state] = n
+            for state, n in conn.execute("SELECT state, COUNT(*) FROM mails GROUP BY state"):
+                out[f"mail_{state}"] = n
+            for state, n in conn.execute("SELECT state, COUNT(*) FROM callbacks GROUP BY state"):
+                out[f"callback_{state}"] = n
+            return out
+
+        return await self._do(op)
+
+    async def request_status(self, request_id: str) -> list[JobView]:
+        def op(conn: sqlite3.Connection) -> list[JobView]:
+            rows = conn.execute(
+                "SELECT j.id, j.phone, j.entry, j.part, j.parts, j.state, j.attempts,"
+                " j.upstream_id, j.error, j.receipt FROM jobs j"
+                " JOIN requests r ON r.pk = j.request_pk WHERE r.request_id = ?"
+                " ORDER BY j.id",
+                (request_id,),
+            ).fetchall()
+            return [
+                JobView(
+                    id=r[0],
+                    phone=r[1],
+                    entry=r[2],
+                    part=r[3],
+                    parts=r[4],
+                    state=r[5],
+                    attempts=r[6],
+                    upstream_id=r[7],
+                    error=r[8],
+                    receipt=json.loads(r[9]) if r[9] else {},
+                )
+                for r in rows
+            ]
+
+        return await self._do(op)
+
+    # -- operator and health methods -------------------------------------------------------
+
+    async def touch(self, now: float) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO meta(name, value) VALUES ('heartbeat', ?)"
+                " ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                (repr(now),),
+            )
+
+        await self._do(op)
+
+    async def request_error(self, request_id: str) -> int | None:
+        def op(conn: sqlite3.Connection) -> int | None:
+            row = conn.execute(
+                "SELECT MAX(error) FROM requests WHERE request_id = ?", (request_id,)
+            ).fetchone()
+            return None if row is None or row[0] is None else int(row[0])
+
+        return await self._do(op)
+
+    async def requeue(self, request_id: str, now: float, validity: float) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "UPDATE jobs SET state = 'queued', attempts = 0, not_before = ?, expires_at = ?,"
+                " error = '', upstream_id = '', receipt = '', updated = ?"
+                " WHERE state IN (?, ?, ?, ?) AND request_pk IN"
+                " (SELECT pk FROM requests WHERE request_id = ?)",
+                (now, now + validity, now, *_REQUEUEABLE, request_id),
+            ).rowcount
+
+        return await self._do(op)
+
+    async def cancel(self, request_id: str, now: float) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM jobs WHERE state = 'queued' AND request_pk IN"
+                    " (SELECT pk FROM requests WHERE request_id = ?)",
+                    (request_id,),
+                )
+            ]
+            for job_id in ids:
+                conn.execute(
+                    "UPDATE jobs SET state = 'cancelled', error = 'cancelled by operator',"
+                    " updated = ? WHERE id = ?",
+                    (now, job_id),
+                )
+                _final_notice(conn, job_id, now)
+            return len(ids)
+
+        return await self._do(op)
+
+
+_REQUEUEABLE = (
+    JobState.REJECTED.value,
+    JobState.UNDELIVERABLE.value,
+    JobState.EXPIRED.value,
+    JobState.CANCELLED.value,
+)
+
+
+def _apply(
+    conn: sqlite3.Connection, job_id: int, state: str | None, receipt: str, now: float
+) -> JobState | None:
+    """Store a receipt on a job; move it to a final state when the receipt says so."""
+    if state:
+        was_final = _is_final(conn, job_id)
+        conn.execute(
+            "UPDATE jobs SET state = ?, receipt = ?, updated = ? WHERE id = ?",
+            (state, receipt, now, job_id),
+        )
+        if JobState(state).final and not was_final:
+            _final_notice(conn, job_id, now)
+        return JobState(state)
+    conn.execute("UPDATE jobs SET receipt = ?, updated = ? WHERE id = ?", (receipt, now, job_id))
+    return None
+
+
+def _is_final(conn: sqlite3.Connection, job_id: int) -> bool:
+    row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return row is not None and JobState(row[0]).final
+
+
+def _final_notice(conn: sqlite3.Connection, job_id: int, now: float) -> None:
+    """A job just became final: when its whole message is final, write a `status` notice."""
+    row = conn.execute(
+        "SELECT request_pk, entry, phone FROM jobs WHERE id = ?", (job_id,)
+    ).fetchone()
+    if row is None:
+        return
+    moving = conn.execute(
+        "SELECT 1 FROM jobs WHERE request_pk = ? AND entry = ? AND phone = ?"
+        " AND state IN ('queued', 'sending', 'submitted') LIMIT 1",
+        tuple(row),
+    ).fetchone()
+    if moving is None:
+        conn.execute(
+            "INSERT INTO notices(kind, request_pk, entry, phone, created)"
+            " VALUES ('status', ?, ?, ?, ?)",
+            (*row, now),
+        )
+
+
+def _notice(
+    conn: sqlite3.Connection,
+    notice_id: int,
+    kind: str,
+    request_pk: int | None,
+    entry: int,
+    phone: str,
+    mo_id: int | None,
+    created: float,
+) -> Notice:
+    if kind == "mo":
+        r = conn.execute(
+            "SELECT received, source_addr, destination_addr, esm_class, data_coding,"
+            " short_message, tlvs FROM mo WHERE id = ?",
+            (mo_id,),
+        ).fetchone()
+        mo = MoMessage(r[1], r[2], r[3], r[4], bytes(r[5]), json.loads(r[6])) if r else None
+        return Notice(notice_id, kind, created, phone=phone, mo_id=mo_id or 0, mo=mo)
+    req = conn.execute(
+        "SELECT request_id, login, mail_from FROM requests WHERE pk = ?", (request_pk,)
+    ).fetchone()
+    jobs = conn.execute(
+        "SELECT state, error, receipt FROM jobs"
+        " WHERE request_pk = ? AND entry = ? AND phone = ? ORDER BY part",
+        (request_pk, entry, phone),
+    ).fetchall()
+    state = message_state([j[0] for j in jobs])
+    err = next((error_code(j[2], j[1]) for j in jobs if j[0] != JobState.DELIVERED.value), 0)
+    return Notice(
+        notice_id,
+        kind,
+        created,  # when the message became final
+        request_id=req[0] if req else "",
+        login=req[1] if req else "",
+        mail_from=req[2] if req else "",
+        phone=phone,
+        entry=entry,
+        state=state,
+        err=err,
+        parts=len(jobs),
+    )
+
+
+def _known(conn: sqlite3.Connection, batch: list[NewRequest]) -> set[str]:
+    """The keys of `batch` stored before (idempotent retries)."""
+    return {
+        r.key
+        for r in batch
+        if conn.execute("SELECT 1 FROM requests WHERE key = ?", (r.key,)).fetchone() is not None
+    }
+
+
+def _store_one(conn: sqlite3.Connection, request: NewRequest) -> StoreResult:
+    """`Spool.store` of one request, in the caller's transaction."""
+    known = conn.execute("SELECT 1 FROM requests WHERE key = ?", (request.key,))
+    if known.fetchone() is not None:
+        return StoreResult(stored=False)
+    now = request.created
+    limits = request.limits
+    adm = request.admission
+    streaks: dict[str, tuple[int, float]] = {}
+    if limits is not None and adm is not None and not request.error:
+        checks = active(adm.rates)
+        over = first_exceeded(checks, _rate_usage(conn, checks, now), adm.parts)
+        if over is not None:
+            return StoreResult(stored=False, refused=int(ErrorCode.UNDELIVERABLE), over=over)
+        refused = _admit(conn, adm, limits, request.login, now, streaks)
+        if refused:
+            return StoreResult(stored=False, refused=refused)
+    mails = request.mails
+    if (
+        request.error == ErrorCode.IP_BLOCKED
+        and mails
+        and not _first_block_reply(conn, request.client_ip, now)
+    ):
+        mails = ()  # SPEC §5 IP block: one ERROR 4 reply per block, not a reply storm
+    cur = conn.execute(
+        "INSERT INTO requests"
+        "(key, request_id, login, mail_from, client_ip, created, error, comment)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            request.key,
+            request.request_id,
+            request.login,
+            request.mail_from,
+            request.client_ip,
+            request.created,
+            request.error,
+            request.comment,
+        ),
+    )
+    pk = cur.lastrowid
+    conn.executemany(
+        "INSERT INTO jobs(request_pk, phone, entry, part, parts, submit, state,"
+        " not_before, expires_at, updated) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+        [
+            (
+                pk,
+                j.phone,
+                j.entry,
+                j.part,
+                j.parts,
+                submit_to_json(j.submit),
+                j.not_before,
+                j.expires_at,
+                request.created,
+            )
+            for j in request.jobs
+        ],
+    )
+    conn.executemany(
+        "INSERT INTO mails(request_pk, mail_from, rcpt, data, state, not_before,"
+        " expires_at, updated) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
+        [
+            (
+                pk,
+                m.mail_from,
+                m.rcpt,
+                m.data,
+                request.created,
+                m.expires_at,
+                request.created,
+            )
+            for m in mails
+        ],
+    )
+    if limits is not None and adm is not None and not request.error:
+        _debit(conn, adm, request.login, now, streaks)
+        _count_rates(conn, active(adm.rates), adm.parts, now)
+    if limits is not None and request.ip_failure and request.client_ip:
+        _count_failure(conn, request.client_ip, limits, now)
+    return StoreResult(stored=True)
+
+
+def _rate_usage(
+    conn: sqlite3.Connection, checks: tuple[RateCheck, ...], now: float
+) -> dict[str, Usage]:
+    """Issue 6: what each guard's key used in the last minute and this UTC day."""
+    usage: dict[str, Usage] = {}
+    for check in checks:
+        (minute,) = conn.execute(
+            "SELECT COUNT(*) FROM rate_events WHERE key = ? AND at > ?",
+            (check.name, now - MINUTE),
+        ).fetchone()
+        row = conn.execute(
+            "SELECT parts FROM rate_days WHERE key = ? AND day = ?", (check.name, utc_day(now))
+        ).fetchone()
+        usage[check.name] = Usage(int(minute), int(row[0]) if row else 0)
+    return usage
+
+
+def _count_rates(
+    conn: sqlite3.Connection, checks: tuple[RateCheck, ...], parts: int, now: float
+) -> None:
+    """Count one admitted request of `parts` parts on each guard (and prune what expired)."""
+    if not checks:
+        return
+    conn.execute("DELETE FROM rate_events WHERE at <= ?", (now - MINUTE,))
+    conn.execute("DELETE FROM rate_days WHERE day < ?", (utc_day(now),))
+    for check in checks:
+        conn.execute("INSERT INTO rate_events(key, at) VALUES (?, ?)", (check.name, now))
+        conn.execute(
+            "INSERT INTO rate_days(key, day, parts) VALUES (?, ?, ?)"
+            " ON CONFLICT(key, day) DO UPDATE SET parts = parts + excluded.parts",
+            (check.name, utc_day(now), parts),
+        )
+
+
+def _rate_tempfail(
+    conn: sqlite3.Connection, batch: list[NewRequest], known: set[str]
+) -> list[StoreResult] | None:
+    """`rate_action = "tempfail"`: when any request of the mail would be over a guard, the
+    results that keep the whole mail out of the spool (nothing written); else None."""
+    checks = tempfail_checks(batch, known)
+    if not checks:
+        return None
+    overs = rate_overs(batch, known, _rate_usage(conn, checks, batch[0].created))
+    if not overs:
+        return None
+    return [StoreResult(stored=False, over=overs.get(i)) for i in range(len(batch))]
+
+
+# -- SPEC §5 protections ----------------------------------------------------------------------
+
+
+def _admit(
+    conn: sqlite3.Connection,
+    adm: Admission,
+    limits: LimitsConfig,
+    login: str,
+    now: float,
+    streaks: dict[str, tuple[int, float]],
+) -> int:
+    """Flood (8) → duplicates (9) → balance (3): 0 when all pass, else the refusing code.
+
+    Writes nothing a refusal must undo: only expired state is pruned and a balance row is
+    created or re-based. `streaks` receives each destination's new flood streak for `_debit`.
+    """
+    # Flood: a subscriber's streak grows while each message follows the previous one by less
+    # than flood_interval; message flood_count + 1 of a streak is refused. Only accepted
+    # messages extend a streak: a refusal was never sent to the subscriber.
+    conn.execute("DELETE FROM flood WHERE last <= ?", (now - limits.flood_interval,))
+    for dest in adm.destinations:
+        if dest in streaks:
+            streak, last = streaks[dest]
+        else:
+            row = conn.execute("SELECT streak, last FROM flood WHERE dest = ?", (dest,)).fetchone()
+            streak, last = (int(row[0]), float(row[1])) if row else (0, float("-inf"))
+        streak = streak + 1 if now - last < limits.flood_interval else 1
+        if streak > limits.flood_count:
+            return int(ErrorCode.UNDELIVERABLE)
+        streaks[dest] = (streak, now)
+    # Duplicates: at most duplicate_allowed accepted requests per fingerprint per window.
+    conn.execute("DELETE FROM fingerprints WHERE at <= ?", (now - limits.duplicate_window,))
+    if adm.fingerprint:
+        (seen,) = conn.execute(
+            "SELECT COUNT(*) FROM fingerprints WHERE fp = ? AND at > ?",
+            (adm.fingerprint, now - limits.duplicate_window),
+        ).fetchone()
+        if seen >= limits.duplicate_allowed:
+            return int(ErrorCode.DUPLICATE)
+    # Balance in SMS parts: initialised from the config the first time the account is seen,
+    # re-based by the difference when the configured value changes (see AccountConfig.balance).
+    if adm.balance is not None:
+        key = login.lower()
+        row = conn.execute(
+            "SELECT configured, remaining FROM balances WHERE login = ?", (key,)
+        ).fetchone()
+        if row is None:
+            remaining = adm.balance
+            conn.execute(
+                "INSERT INTO balances(login, configured, remaining) VALUES (?, ?, ?)",
+                (key, adm.balance, remaining),
+            )
+        else:
+            remaining = int(row[1])
+            if int(row[0]) != adm.balance:
+                remaining += adm.balance - int(row[0])
+                conn.execute(
+                    "UPDATE balances SET configured = ?, remaining = ? WHERE login = ?",
+                    (adm.balance, remaining, key),
+                )
+        if adm.parts > remaining:
+            return int(ErrorCode.FUNDS)
+    return 0
+
+
+def _debit(
+    conn: sqlite3.Connection,
+    adm: Admission,
+    login: str,
+    now: float,
+    streaks: dict[str, tuple[int, float]],
+) -> None:
+    """Record an admitted request: flood streaks, its fingerprint, the parts it uses."""
+    conn.executemany(
+        "INSERT INTO flood(dest, streak, last) VALUES (?, ?, ?)"
+        " ON CONFLICT(dest) DO UPDATE SET streak = excluded.streak, last = excluded.last",
+        [(dest, streak, last) for dest, (streak, last) in streaks.items()],
+    )
+    if adm.fingerprint:
+        conn.execute("INSERT INTO fingerprints(fp, at) VALUES (?, ?)", (adm.fingerprint, now))
+    if adm.balance is not None and adm.parts:
+        conn.execute(
+            "UPDATE balances SET remaining = remaining - ? WHERE login = ?",
+            (adm.parts, login.lower()),
+        )
+
+
+def _count_failure(conn: sqlite3.Connection, ip: str, limits: LimitsConfig, now: float) -> None:
+    """SPEC §5 IP block: more than ip_fail_count failures within ip_fail_window → blocked."""
+    conn.execute("DELETE FROM ip_failures WHERE at <= ?", (now - limits.ip_fail_window,))
+    conn.execute("INSERT INTO ip_failures(ip, at) VALUES (?, ?)", (ip, now))
+    (failures,) = conn.execute(
+        "SELECT COUNT(*) FROM ip_failures WHERE ip = ? AND at > ?",
+        (ip, now - limits.ip_fail_window),
+    ).fetchone()
+    if failures > limits.ip_fail_count:
+        conn.execute(
+            "INSERT INTO ip_blocks(ip, until, notified) VALUES (?, ?, 0)"
+            " ON CONFLICT(ip) DO UPDATE SET until = excluded.until, notified = 0",
+            (ip, now + limits.ip_block_time),
+        )
+        # The count starts afresh when the block ends.
+        conn.execute("DELETE FROM ip_failures WHERE ip = ?", (ip,))
+
+
+def _first_block_reply(conn: sqlite3.Connection, ip: str, now: float) -> bool:
+    """True for the first ERROR 4 reply of the IP's current block (and remember it was sent)."""
+    row = conn.execute(
+        "SELECT notified FROM ip_blocks WHERE ip = ? AND until > ?", (ip, now)
+    ).fetchone()
+    if row is None:
+        return True  # the block ended between the front's check and this store
+    if row[0]:
+        return False
+    conn.execute("UPDATE ip_blocks SET notified = 1 WHERE ip = ?", (ip,))
+    return True

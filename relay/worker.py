@@ -1,0 +1,308 @@
+"""Spool → SMPP: claim due jobs, submit them over the bound links, retry, expire (SPEC §8, §9).
+
+At-least-once: a job whose submit_sm was written but whose response never came (the link
+dropped, the response timed out, or the daemon was killed) has an unknown outcome at the SMSC;
+it is sent again, so the only duplicates possible are the jobs in flight at that moment (at most
+`window` per bind). Every other retry follows an answer that says the SMSC did not take the
+message (throttled, queue full, a transient error status), so it cannot create a second copy.
+
+Throttling (ESME_RTHROTTLED, ESME_RMSGQFUL) pauses the bind that said it, and the same job is
+re-sent first when the pause ends, still claimed (`sending`), until its validity ends; it never
+goes back to the tail of the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+from relay.smpp.model import DeliverSm, SubmitOutcome, SubmitSm
+from relay.smpp.receipt import id_keys
+from relay.spool import Spool
+from relay.spool.model import RECEIPT_STATES, Job, JobState, MoMessage
+
+log = logging.getLogger("relay.worker")
+
+ESME_RMSGQFUL = 0x14
+ESME_RTHROTTLED = 0x58
+# SPEC §9: transient statuses: system error, ESME_RX_T_APPN, unknown error.
+TRANSIENT_STATUSES = frozenset({0x08, 0x64, 0xFF})
+THROTTLE_STATUSES = frozenset({ESME_RTHROTTLED, ESME_RMSGQFUL})
+
+
+class Link(Protocol):
+    """What the worker needs of an upstream bind (relay.smpp.link.UpstreamLink)."""
+
+    @property
+    def bound(self) -> bool: ...
+
+    async def submit(self, sm: SubmitSm, *, throttle_retry_for: float = 0.0) -> SubmitOutcome: ...
+
+
+@dataclass
+class DispatchCounters:
+    submitted: int = 0
+    failed: int = 0
+    retried: int = 0
+    throttled: int = 0
+    expired: int = 0
+    delivered: int = 0  # final receipts, by the job state they lead to
+    undeliverable: int = 0
+    receipts: dict[str, int] = field(default_factory=dict)
+    mo_received: int = 0
+    latencies: list[float] = field(default_factory=list)  # drained by metrics
+    end_to_end: list[float] = field(default_factory=list)  # accept → submit_sm_resp; drained
+
+    def count_final(self, state: JobState | None) -> None:
+        """A receipt made a submitted job final: count it by its new state."""
+        if state == JobState.DELIVERED:
+            self.delivered += 1
+        elif state == JobState.EXPIRED:
+            self.expired += 1
+        elif state in (JobState.UNDELIVERABLE, JobState.REJECTED):
+            self.undeliverable += 1
+
+
+def backoff(attempts: int, low: float, high: float) -> float:
+    """Exponential backoff with full jitter's upper half: low·2^(n-1), capped, ±50 %."""
+    base = min(high, low * float(2 ** max(0, attempts - 1)))
+    return base * (0.5 + random.random() / 2)
+
+
+class Dispatcher:
+    """Feeds jobs from the spool to the links, as many at once as the links' windows allow."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        links: Sequence[Link],
+        *,
+        window: int,
+        retry_min: float,
+        retry_max: float,
+        receipt_id_format: str = "auto",
+        clock: Callable[[], float] = time.time,
+        counters: DispatchCounters | None = None,
+    ) -> None:
+        self.spool = spool
+        self.links = list(links)
+        self.capacity = max(1, window * max(1, len(self.links)))
+        self.retry_min = retry_min
+        self.retry_max = retry_max
+        self.receipt_id_format = receipt_id_format
+        self.clock = clock
+        self.counters = counters or DispatchCounters()
+        self._wake = asyncio.Event()
+        self._slot = asyncio.Event()
+        self._stopping = False
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._rr = 0
+        # Issue 8: called after a send or a deliver_sm may have written a notice (final state,
+        # MO SMS) so the notifier looks at once; it also polls, so a missed call only delays.
+        self.on_notice: Callable[[], None] = lambda: None
+
+    def wake(self) -> None:
+        """New jobs were stored: look at the spool now instead of at the next due time."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        try:
+            while not self._stopping:
+                if not any(link.bound for link in self.links):
+                    await self._sleep(0.05)
+                    continue
+                free = self.capacity - len(self._inflight)
+                # Claim in batches: with submits in flight, wait until half the windows are
+                # free, so one spool round trip feeds several submits (bench: drain profile).
+                if free <= 0 or (self._inflight and free < max(1, self.capacity // 2)):
+                    self._slot.clear()
+                    await self._wait(self._slot, 1.0)
+                    continue
+                now = self.clock()
+                jobs = await self.spool.claim(free, now)
+                if not jobs:
+                    due = await self.spool.next_due()
+                    delay = 1.0 if due is None else min(1.0, max(0.0, due - self.clock()))
+                    if delay > 0:
+                        self._wake.clear()
+                        await self._wait(self._wake, delay)
+                    continue
+                for job in jobs:
+                    task = asyncio.create_task(self._send(job))
+                    self._inflight.add(task)
+                    task.add_done_callback(self._done)
+        finally:
+            await self._finish_inflight()
+
+    async def stop(self) -> None:
+        """Claim nothing more; run() returns once the submits in flight are answered."""
+        self._stopping = True
+        self._wake.set()
+        self._slot.set()
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._slot.set()
+        self.on_notice()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("send task failed", exc_info=task.exception())
+
+    async def _finish_inflight(self) -> None:
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+
+    async def _sleep(self, seconds: float) -> None:
+        self._wake.clear()
+        await self._wait(self._wake, seconds)
+
+    @staticmethod
+    async def _wait(event: asyncio.Event, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), seconds)
+
+    def _pick(self) -> Link | None:
+        bound = [link for link in self.links if link.bound]
+        if not bound:
+            return None
+        self._rr = (self._rr + 1) % len(bound)
+        return bound[self._rr]
+
+    async def _send(self, job: Job) -> None:
+        now = self.clock()
+        if now >= job.expires_at:
+            # Never send stale messages: the validity ended while the job waited.
+            await self.spool.mark_final(job.id, JobState.EXPIRED, "validity ended", now)
+            self.counters.expired += 1
+            log.warning(
+                "expired id=%s job=%d: validity ended",
+                job.request_id,
+                job.id,
+                extra={"request_id": job.request_id, "job": job.id},
+            )
+            return
+        link = self._pick()
+        if link is None:
+            await self.spool.mark_retry(job.id, now, "no bind up")
+            return
+        started = time.monotonic()
+        try:
+            outcome = await link.submit(job.submit, throttle_retry_for=job.expires_at - now)
+        except asyncio.CancelledError:
+            # Stopping: whether the SMSC got it is unknown; a restart's recover() resends it.
+            raise
+        except (ConnectionError, TimeoutError, OSError) as exc:
+            await self._retry(job, f"{type(exc).__name__}: {exc}")
+            return
+        self.counters.latencies.append(time.monotonic() - started)
+        self.counters.throttled += outcome.throttled
+        status = outcome.command_status
+        now = self.clock()
+        if status == 0:
+            keys = id_keys(outcome.message_id, self.receipt_id_format)
+            state = await self.spool.mark_submitted(job.id, outcome.message_id, keys, now)
+            self.counters.submitted += 1
+            if job.created:
+                self.counters.end_to_end.append(max(0.0, now - job.created))
+            if state.final:  # a receipt that came before this response was applied now
+                self.counters.count_final(state)
+            log.info(
+                "submitted id=%s job=%d to=%s part=%d/%d msgid=%s",
+                job.request_id,
+                job.id,
+                job.phone,
+                job.part,
+                job.parts,
+                outcome.message_id,
+                extra={
+                    "request_id": job.request_id,
+                    "job": job.id,
+                    "message_id": outcome.message_id,
+                },
+            )
+        elif status in THROTTLE_STATUSES:
+            # Throttled until the validity ended (the link re-sent it while it could).
+            await self.spool.mark_final(
+                job.id, JobState.EXPIRED, f"throttled 0x{status:08X} until validity ended", now
+            )
+            self.counters.expired += 1
+        elif status in TRANSIENT_STATUSES:
+            await self._retry(job, f"transient status 0x{status:08X}")
+        else:
+            self.counters.failed += 1
+            await self.spool.mark_final(
+                job.id, JobState.REJECTED, f"command_status 0x{status:08X}", now
+            )
+            log.warning(
+                "rejected id=%s job=%d to=%s status=0x%08X",
+                job.request_id,
+                job.id,
+                job.phone,
+                status,
+                extra={"request_id": job.request_id, "job": job.id},
+            )
+
+    async def _retry(self, job: Job, error: str) -> None:
+        now = self.clock()
+        delay = backoff(job.attempts, self.retry_min, self.retry_max)
+        if now + delay >= job.expires_at:
+            await self.spool.mark_final(job.id, JobState.EXPIRED, error, now)
+            self.counters.expired += 1
+            log.warning(
+                "expired id=%s job=%d after %s",
+                job.request_id,
+                job.id,
+                error,
+                extra={"request_id": job.request_id, "job": job.id},
+            )
+            return
+        self.counters.retried += 1
+        await self.spool.mark_retry(job.id, now + delay, error)
+        log.info(
+            "retry id=%s job=%d in %.1fs: %s",
+            job.request_id,
+            job.id,
+            delay,
+            error,
+            extra={"request_id": job.request_id, "job": job.id},
+        )
+
+    async def on_deliver(self, deliver: DeliverSm) -> None:
+        """A deliver_sm from a link: store receipts (before the link acknowledges them)."""
+        receipt = deliver.receipt
+        if receipt is None:
+            # An MO SMS: stored durably before the deliver_sm_resp (SPEC §8, issue 5).
+            await self.spool.store_mo(
+                MoMessage(
+                    source_addr=deliver.source_addr,
+                    destination_addr=deliver.destination_addr,
+                    esm_class=deliver.esm_class,
+                    data_coding=deliver.data_coding,
+                    short_message=deliver.short_message,
+                    tlvs={k: v if isinstance(v, int) else v.hex() for k, v in deliver.tlvs.items()},
+                ),
+                self.clock(),
+            )
+            self.counters.mo_received += 1
+            self.on_notice()
+            log.info("mo from=%s to=%s", deliver.source_addr, deliver.destination_addr)
+            return
+        state = RECEIPT_STATES.get(receipt.stat.upper())
+        keys = id_keys(receipt.message_id, self.receipt_id_format)
+        matched = await self.spool.apply_receipt(keys, state, asdict(receipt), self.clock())
+        self.counters.receipts[receipt.stat] = self.counters.receipts.get(receipt.stat, 0) + 1
+        if matched:
+            self.counters.count_final(state)
+            self.on_notice()
+        log.info(
+            "receipt msgid=%s stat=%s matched=%d",
+            receipt.message_id,
+            receipt.stat,
+            matched,
+            extra={"message_id": receipt.message_id, "stat": receipt.stat},
+        )

@@ -1,0 +1,38 @@
+"""`python -m bench --smoke` keeps working: every benchmark runs and prints its ratio line.
+
+Not a timed test: the figures are not judged here (a shared CI machine says nothing about
+speed), only that each benchmark starts its processes, measures, compares with its baseline and
+stops everything. Without smtp-source the bench uses its own load generator (and says so).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.__main__ import SMOKE_DEFAULT
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE_LIMIT = 60  # seconds for all of them; each is ≈5 s
+
+
+def test_bench_smoke_prints_a_ratio_per_benchmark() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=SMOKE_LIMIT,
+        check=False,
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    assert "ERROR" not in done.stdout, out
+    for name in SMOKE_DEFAULT:
+        pattern = rf"^RESULT {name}\.\S+: [0-9.e+]+ .* \| ratio [0-9.]+ \| goal "
+        assert re.search(pattern, done.stdout, re.MULTILINE), f"no ratio line for {name}:\n{out}"

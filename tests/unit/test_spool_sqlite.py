@@ -1,0 +1,168 @@
+"""The spool contract on both backends (SQLite, PostgreSQL): durability, claiming, recovery,
+receipts before responses."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from relay.smpp.model import SubmitSm
+from relay.spool.model import JobState, NewJob, NewMail, NewRequest
+from relay.spool.sqlite import SqliteSpool, sqlite_path
+from tests.postgres import SpoolStore
+
+
+def _request(key: str, n: int = 1, *, not_before: float = 100.0) -> NewRequest:
+    sm = SubmitSm("Alex", 5, 0, "79161234567", b"hi", 0, tlvs=(("sar_msg_ref_num", 7),))
+    jobs = tuple(
+        NewJob("+79161234567", 0, i + 1, n, sm, not_before=not_before, expires_at=1e12)
+        for i in range(n)
+    )
+    mail = NewMail("relay@x", "ops@x", b"Subject: x\r\n\r\nOK\r\n", 1e12)
+    return NewRequest(key, f"id-{key}", "alex", "ops@x", "127.0.0.1", 100.0, jobs, (mail,))
+
+
+async def test_store_is_idempotent_and_claim_moves_to_sending(spool_store: SpoolStore) -> None:
+    spool = spool_store.make()
+    await spool.open()
+    try:
+        assert (await spool.store(_request("k1", 2))).stored is True
+        again = await spool.store(_request("k1", 2))  # same transaction key: once
+        assert again.stored is False and again.refused == 0
+        jobs = await spool.claim(10, now=200.0)
+        assert [j.part for j in jobs] == [1, 2]
+        assert jobs[0].submit.tlvs == (("sar_msg_ref_num", 7),)
+        assert jobs[0].attempts == 1
+        assert await spool.claim(10, now=200.0) == []
+        counts = await spool.counts()
+        assert counts["sending"] == 2 and counts["queued"] == 0
+    finally:
+        await spool.close()
+
+
+async def test_not_before_is_respected(spool_store: SpoolStore) -> None:
+    spool = spool_store.make()
+    await spool.open()
+    try:
+        await spool.store(_request("later", not_before=500.0))
+        assert await spool.claim(10, now=499.0) == []
+        assert await spool.next_due() == 500.0
+        assert len(await spool.claim(10, now=500.0)) == 1
+    finally:
+        await spool.close()
+
+
+async def test_recover_after_reopen_requeues_sending(spool_store: SpoolStore) -> None:
+    spool = spool_store.make()
+    await spool.open()
+    await spool.store(_request("k"))
+    await spool.claim(10, now=200.0)
+    await spool.close()  # as a crash would leave it: the job stays 'sending' on disk
+    again = spool_store.make()
+    await again.open()
+    try:
+        assert await again.recover() == 1  # the job (the reply mail was never claimed)
+        [job] = await again.claim(10, now=300.0)
+        assert job.attempts == 2
+    finally:
+        await again.close()
+
+
+async def test_receipt_before_submit_resp_is_applied_later(spool_store: SpoolStore) -> None:
+    spool = spool_store.make()
+    await spool.open()
+    try:
+        await spool.store(_request("k"))
+        [job] = await spool.claim(1, now=200.0)
+        matched = await spool.apply_receipt(("abc",), JobState.DELIVERED, {"stat": "DELIVRD"}, 201)
+        assert matched == 0
+        state = await spool.mark_submitted(job.id, "ABC", ("abc", "2748"), 202.0)
+        assert state is JobState.DELIVERED
+        [view] = await spool.request_status("id-k")
+        assert view.state == "delivered" and view.receipt == {"stat": "DELIVRD"}
+        assert view.upstream_id == "ABC"
+    finally:
+        await spool.close()
+
+
+async def test_concurrent_stores_group_commit_all_durable(spool_store: SpoolStore) -> None:
+    spool = spool_store.make()
+    await spool.open()
+    results = await asyncio.gather(*(spool.store(_request(f"k{i}")) for i in range(200)))
+    await spool.close()
+    assert all(r.stored for r in results)
+    again = spool_store.make()
+    await again.open()
+    try:
+        assert (await again.counts())["queued"] == 200
+    finally:
+        await again.close()
+
+
+async def test_mails_claim_retry_sent(spool_store: SpoolStore) -> None:
+    spool = spool_store.make()
+    await spool.open()
+    try:
+        await spool.store(_request("k"))
+        [mail] = await spool.claim_mails(10, now=200.0)
+        assert mail.rcpt == "ops@x" and mail.data.endswith(b"OK\r\n")
+        await spool.mark_mail_retry(mail.id, 300.0, "smarthost down")
+        assert await spool.claim_mails(10, now=299.0) == []
+        [again] = await spool.claim_mails(10, now=300.0)
+        assert again.attempts == 2
+        await spool.mark_mail_sent(again.id, 301.0)
+        assert (await spool.counts())["mail_sent"] == 1
+    finally:
+        await spool.close()
+
+
+def test_sqlite_url_paths() -> None:
+    assert sqlite_path("sqlite:///spool.db") == "spool.db"
+    assert sqlite_path("sqlite:////var/lib/sms-relay/spool.db") == "/var/lib/sms-relay/spool.db"
+
+
+async def test_touch_writes_a_heartbeat_and_request_error(tmp_path: Path) -> None:
+    import sqlite3
+
+    spool = SqliteSpool(tmp_path / "s.db")
+    await spool.open()
+    try:
+        await spool.touch(123.5)
+        await spool.touch(124.5)  # an upsert: one row, the latest value
+        await spool.store(_request("k"))
+        assert await spool.request_error("id-k") == 0
+        assert await spool.request_error("missing") is None
+    finally:
+        await spool.close()
+    with sqlite3.connect(tmp_path / "s.db") as conn:
+        rows = conn.execute("SELECT value FROM meta WHERE name = 'heartbeat'").fetchall()
+    assert rows == [("124.5",)]
+
+
+async def test_failed_operation_leaves_nothing_alone_or_in_a_batch(tmp_path: Path) -> None:
+    """The writer thread's contract: an operation that raises is undone, its batch-mates kept."""
+    import sqlite3
+
+    spool = SqliteSpool(tmp_path / "s.db")
+    await spool.open()
+
+    def failing(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO meta(name, value) VALUES ('half-done', 'x')")
+        raise RuntimeError("boom")
+
+    try:
+        with pytest.raises(RuntimeError):
+            await spool._do(failing)  # alone in its transaction
+        results = await asyncio.gather(
+            spool._do(failing), spool.store(_request("kept")), return_exceptions=True
+        )
+        assert isinstance(results[0], RuntimeError) and results[1].stored is True
+        rows = await spool._do(
+            lambda c: c.execute("SELECT COUNT(*) FROM meta WHERE name = 'half-done'").fetchone()
+        )
+        assert rows == (0,)
+        assert (await spool.counts())["queued"] == 1
+    finally:
+        await spool.close()
