@@ -17,6 +17,7 @@ from relay.spool.model import (
     NoticeOutcome,
     SentMessage,
     StoreResult,
+    Submitted,
 )
 
 
@@ -82,6 +83,18 @@ class Spool(Protocol):
         self, job_id: int, upstream_id: str, keys: tuple[str, ...], now: float
     ) -> JobState:
         """The upstream accepted the job; apply a receipt that came before; return the state."""
+        ...
+
+    async def mark_submitted_many(
+        self, submitted: Sequence[Submitted], now: float
+    ) -> list[JobState]:
+        """`mark_submitted` of each, in one transaction (one commit for a round of responses);
+        the states in the same order."""
+        ...
+
+    async def release(self, job_ids: Sequence[int]) -> None:
+        """Put claimed jobs that were never sent back to `queued`, as they were before the
+        claim (same due time, the claim's attempt not counted)."""
         ...
 
     async def mark_retry(self, job_id: int, not_before: float, error: str) -> None: ...

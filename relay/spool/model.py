@@ -226,6 +226,15 @@ class Job:
 
 
 @dataclass(frozen=True, slots=True)
+class Submitted:
+    """A job the upstream accepted: its id there and the keys a receipt may quote it by."""
+
+    job_id: int
+    upstream_id: str
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Mail:
     """An outbound mail claimed for sending."""
 

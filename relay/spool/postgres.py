@@ -76,6 +76,7 @@ from relay.spool.model import (
     NoticeOutcome,
     SentMessage,
     StoreResult,
+    Submitted,
     admitted,
     error_code,
     message_state,
@@ -454,30 +455,59 @@ class PostgresSpool:
     async def mark_submitted(
         self, job_id: int, upstream_id: str, keys: tuple[str, ...], now: float
     ) -> JobState:
-        async def op(cur: _Cursor) -> JobState:
-            await _lock(cur, [f"upstream:{k}" for k in keys])
-            await cur.execute(
+        [state] = await self.mark_submitted_many([Submitted(job_id, upstream_id, keys)], now)
+        return state
+
+    async def mark_submitted_many(
+        self, submitted: Sequence[Submitted], now: float
+    ) -> list[JobState]:
+        items = list(submitted)
+
+        async def op(cur: _Cursor) -> list[JobState]:
+            await _lock(cur, [f"upstream:{k}" for s in items for k in s.keys])
+            await cur.executemany(
                 "UPDATE jobs SET state = 'submitted', upstream_id = %s, error = '', updated = %s"
                 " WHERE id = %s",
-                (upstream_id, now, job_id),
+                [(s.upstream_id, now, s.job_id) for s in items],
             )
-            if keys:
+            rows = [(k, s.job_id) for s in items for k in s.keys]
+            if rows:
                 await cur.executemany(
-                    "INSERT INTO upstream_keys(key, job_id) VALUES (%s, %s)",
-                    [(k, job_id) for k in keys],
+                    "INSERT INTO upstream_keys(key, job_id) VALUES (%s, %s)", rows
                 )
-            state = JobState.SUBMITTED
-            if keys:
-                await cur.execute(
-                    "DELETE FROM early_receipts WHERE key = ANY(%s)"
-                    " RETURNING received, id, state, receipt",
-                    (list(keys),),
+            states = [JobState.SUBMITTED] * len(items)
+            if not rows:
+                return states
+            owner: dict[str, int] = {}  # key → the first job of the batch that has it
+            for i, s in enumerate(items):
+                for k in s.keys:
+                    owner.setdefault(k, i)
+            await cur.execute(
+                "DELETE FROM early_receipts WHERE key = ANY(%s)"
+                " RETURNING received, id, state, receipt, key",
+                (list(owner),),
+            )
+            for _, _, rstate, receipt, key in sorted(await cur.fetchall()):
+                i = owner[key]
+                states[i] = (
+                    await _apply(cur, items[i].job_id, rstate or None, receipt, now) or states[i]
                 )
-                for _, _, rstate, receipt in sorted(await cur.fetchall()):
-                    state = await _apply(cur, job_id, rstate or None, receipt, now) or state
-            return state
+            return states
 
-        return await self._tx(op)
+        return await self._tx(op) if items else []
+
+    async def release(self, job_ids: Sequence[int]) -> None:
+        ids = list(job_ids)
+
+        async def op(cur: _Cursor) -> None:
+            await cur.execute(
+                "UPDATE jobs SET state = 'queued', attempts = GREATEST(0, attempts - 1)"
+                " WHERE id = ANY(%s) AND state = 'sending' AND node = %s",
+                (ids, self.node),
+            )
+
+        if ids:
+            await self._tx(op)
 
     async def mark_retry(self, job_id: int, not_before: float, error: str) -> None:
         async def op(cur: _Cursor) -> None:

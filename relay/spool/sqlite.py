@@ -36,6 +36,7 @@ from relay.spool.model import (
     NoticeOutcome,
     SentMessage,
     StoreResult,
+    Submitted,
     error_code,
     message_state,
     rate_overs,
@@ -455,29 +456,48 @@ class SqliteSpool:
     async def mark_submitted(
         self, job_id: int, upstream_id: str, keys: tuple[str, ...], now: float
     ) -> JobState:
-        def op(conn: sqlite3.Connection) -> JobState:
-            conn.execute(
+        [state] = await self.mark_submitted_many([Submitted(job_id, upstream_id, keys)], now)
+        return state
+
+    async def mark_submitted_many(
+        self, submitted: Sequence[Submitted], now: float
+    ) -> list[JobState]:
+        items = list(submitted)
+
+        def op(conn: sqlite3.Connection) -> list[JobState]:
+            conn.executemany(
                 "UPDATE jobs SET state = 'submitted', upstream_id = ?, error = '', updated = ?"
                 " WHERE id = ?",
-                (upstream_id, now, job_id),
+                [(s.upstream_id, now, s.job_id) for s in items],
             )
             conn.executemany(
-                "INSERT INTO upstream_keys(key, job_id) VALUES (?, ?)", [(k, job_id) for k in keys]
+                "INSERT INTO upstream_keys(key, job_id) VALUES (?, ?)",
+                [(k, s.job_id) for s in items for k in s.keys],
             )
-            state = JobState.SUBMITTED
-            if keys:
-                marks = ",".join("?" * len(keys))
-                early = conn.execute(
-                    f"SELECT rowid, state, receipt FROM early_receipts WHERE key IN ({marks})"  # noqa: S608
-                    " ORDER BY received",
-                    keys,
-                ).fetchall()
-                for rowid, rstate, receipt in early:
-                    state = _apply(conn, job_id, rstate or None, receipt, now) or state
-                    conn.execute("DELETE FROM early_receipts WHERE rowid = ?", (rowid,))
-            return state
+            states = [JobState.SUBMITTED] * len(items)
+            # Receipts almost never beat their submit_sm_resp: one probe for the whole batch
+            # instead of a lookup per job.
+            if conn.execute("SELECT 1 FROM early_receipts LIMIT 1").fetchone() is None:
+                return states
+            for i, s in enumerate(items):
+                if s.keys:
+                    states[i] = _apply_early(conn, s.job_id, s.keys, now) or states[i]
+            return states
 
-        return await self._do(op)
+        return await self._do(op) if items else []
+
+    async def release(self, job_ids: Sequence[int]) -> None:
+        ids = list(job_ids)
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "UPDATE jobs SET state = 'queued', attempts = MAX(0, attempts - 1)"
+                " WHERE id = ? AND state = 'sending'",
+                [(i,) for i in ids],
+            )
+
+        if ids:
+            await self._do(op)
 
     async def mark_retry(self, job_id: int, not_before: float, error: str) -> None:
         def op(conn: sqlite3.Connection) -> None:
@@ -849,6 +869,24 @@ def _apply(
         return JobState(state)
     conn.execute("UPDATE jobs SET receipt = ?, updated = ? WHERE id = ?", (receipt, now, job_id))
     return None
+
+
+def _apply_early(
+    conn: sqlite3.Connection, job_id: int, keys: tuple[str, ...], now: float
+) -> JobState | None:
+    """Apply (and drop) the receipts that came for `keys` before the job was marked submitted;
+    the state the last one set, if any."""
+    marks = ",".join("?" * len(keys))
+    early = conn.execute(
+        f"SELECT rowid, state, receipt FROM early_receipts WHERE key IN ({marks})"  # noqa: S608
+        " ORDER BY received",
+        keys,
+    ).fetchall()
+    state: JobState | None = None
+    for rowid, rstate, receipt in early:
+        state = _apply(conn, job_id, rstate or None, receipt, now) or state
+        conn.execute("DELETE FROM early_receipts WHERE rowid = ?", (rowid,))
+    return state
 
 
 def _is_final(conn: sqlite3.Connection, job_id: int) -> bool:

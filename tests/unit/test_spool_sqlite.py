@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from relay.smpp.model import SubmitSm
-from relay.spool.model import JobState, NewJob, NewMail, NewRequest
+from relay.spool.model import JobState, NewJob, NewMail, NewRequest, Submitted
 from relay.spool.sqlite import SqliteSpool, sqlite_path
 from tests.postgres import SpoolStore
 
@@ -83,6 +83,60 @@ async def test_receipt_before_submit_resp_is_applied_later(spool_store: SpoolSto
         [view] = await spool.request_status("id-k")
         assert view.state == "delivered" and view.receipt == {"stat": "DELIVRD"}
         assert view.upstream_id == "ABC"
+    finally:
+        await spool.close()
+
+
+async def test_mark_submitted_many_marks_a_batch_and_applies_early_receipts(
+    spool_store: SpoolStore,
+) -> None:
+    spool = spool_store.make()
+    await spool.open()
+    try:
+        await spool.store(_request("k", 3))
+        jobs = await spool.claim(10, now=200.0)
+        early = await spool.apply_receipt(("bb",), JobState.UNDELIVERABLE, {"stat": "UNDELIV"}, 201)
+        assert early == 0  # before its submit_sm_resp: kept for later
+        assert await spool.mark_submitted_many([], 202.0) == []
+        states = await spool.mark_submitted_many(
+            [
+                Submitted(jobs[0].id, "AA", ("aa",)),
+                Submitted(jobs[1].id, "BB", ("bb", "187")),
+                Submitted(jobs[2].id, "CC", ()),
+            ],
+            202.0,
+        )
+        assert states == [JobState.SUBMITTED, JobState.UNDELIVERABLE, JobState.SUBMITTED]
+        views = sorted(await spool.request_status("id-k"), key=lambda v: v.part)
+        assert [(v.state, v.upstream_id) for v in views] == [
+            ("submitted", "AA"),
+            ("undeliverable", "BB"),
+            ("submitted", "CC"),
+        ]
+        # The keys were stored: a later receipt finds its job.
+        assert await spool.apply_receipt(("aa",), JobState.DELIVERED, {"stat": "DELIVRD"}, 203)
+        assert (await spool.counts())["delivered"] == 1
+    finally:
+        await spool.close()
+
+
+async def test_release_puts_claimed_jobs_back_as_they_were(spool_store: SpoolStore) -> None:
+    spool = spool_store.make()
+    await spool.open()
+    try:
+        await spool.store(_request("a", not_before=100.0))
+        await spool.store(_request("b", not_before=150.0))
+        first, second = await spool.claim(10, now=200.0)
+        await spool.release([second.id, first.id])
+        await spool.release([])
+        assert (await spool.counts())["sending"] == 0
+        assert await spool.next_due() == 100.0  # the due times are kept: the order too
+        again = await spool.claim(10, now=200.0)
+        assert [j.id for j in again] == [first.id, second.id]
+        assert [j.attempts for j in again] == [1, 1]  # the released claim did not count
+        await spool.mark_submitted(again[0].id, "X", ("x",), 201.0)
+        await spool.release([again[0].id])  # only `sending` jobs go back
+        assert (await spool.counts())["submitted"] == 1
     finally:
         await spool.close()
 
