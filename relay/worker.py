@@ -18,14 +18,16 @@ import contextlib
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
+from relay.errors import SpoolError
 from relay.smpp.model import DeliverSm, SubmitOutcome, SubmitSm
 from relay.smpp.receipt import id_keys
 from relay.spool import Spool
-from relay.spool.model import RECEIPT_STATES, Job, JobState, MoMessage
+from relay.spool.model import RECEIPT_STATES, Job, JobState, MoMessage, Submitted
 
 log = logging.getLogger("relay.worker")
 
@@ -75,8 +77,23 @@ def backoff(attempts: int, low: float, high: float) -> float:
     return base * (0.5 + random.random() / 2)
 
 
+# Claim ahead: the dispatcher keeps claimed jobs in a local buffer so a free window slot never
+# waits for a spool round trip. It claims when the buffer falls to one window's worth
+# (`capacity`) and fills it to 2 × capacity + CLAIM_EXTRA, so each claim (one commit) feeds at
+# least capacity + CLAIM_EXTRA submits. Buffered jobs are `sending` in the spool, like any claimed
+# job: a crash leaves them to recover() at the next start, a clean stop releases them.
+CLAIM_EXTRA = 32
+
+
 class Dispatcher:
-    """Feeds jobs from the spool to the links, as many at once as the links' windows allow."""
+    """Feeds jobs from the spool to the links, as many at once as the links' windows allow.
+
+    Per job: claim (in batches, ahead) → `link.submit` → the answer. Accepted submits are
+    recorded in the spool in rounds: every answer that arrived while the previous round was
+    being committed goes into the next one (`mark_submitted_many`, one commit). A job holds its
+    window slot until its answer is durably recorded, so at most `capacity` jobs can be sent
+    and not yet recorded as submitted: the at-least-once bound of the module docstring.
+    """
 
     def __init__(
         self,
@@ -98,10 +115,15 @@ class Dispatcher:
         self.receipt_id_format = receipt_id_format
         self.clock = clock
         self.counters = counters or DispatchCounters()
-        self._wake = asyncio.Event()
-        self._slot = asyncio.Event()
+        self._wake = asyncio.Event()  # new jobs may be due
+        self._need = asyncio.Event()  # the buffer ran low: claim more
         self._stopping = False
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._ready: deque[Job] = deque()  # claimed, not yet handed to a link
+        self._held = 0  # handed to a link and not yet settled (answer recorded, retry, final)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._accepted: list[tuple[Job, SubmitOutcome]] = []  # answered ROK, to be recorded
+        self._recording = asyncio.Event()
+        self._closing = False
         self._rr = 0
         # Issue 8: called after a send or a deliver_sm may have written a notice (final state,
         # MO SMS) so the notifier looks at once; it also polls, so a missed call only delays.
@@ -112,50 +134,81 @@ class Dispatcher:
         self._wake.set()
 
     async def run(self) -> None:
+        recorder = asyncio.create_task(self._record_rounds(), name="dispatcher-recorder")
         try:
             while not self._stopping:
                 if not any(link.bound for link in self.links):
                     await self._sleep(0.05)
                     continue
-                free = self.capacity - len(self._inflight)
-                # Claim in batches: with submits in flight, wait until half the windows are
-                # free, so one spool round trip feeds several submits (bench: drain profile).
-                if free <= 0 or (self._inflight and free < max(1, self.capacity // 2)):
-                    self._slot.clear()
-                    await self._wait(self._slot, 1.0)
+                self._feed()
+                if len(self._ready) > self.capacity:
+                    self._need.clear()
+                    # Nothing held: a link may have just come back; look again soon.
+                    await self._wait(self._need, 1.0 if self._held else 0.05)
                     continue
-                now = self.clock()
-                jobs = await self.spool.claim(free, now)
-                if not jobs:
+                want = 2 * self.capacity + CLAIM_EXTRA - len(self._ready)
+                self._wake.clear()  # a store from now on wakes the wait below
+                jobs = await self.spool.claim(want, self.clock())
+                if jobs:
+                    self._ready.extend(jobs)
+                    self._feed()
+                if len(jobs) < want:  # nothing more is due now
                     due = await self.spool.next_due()
                     delay = 1.0 if due is None else min(1.0, max(0.0, due - self.clock()))
                     if delay > 0:
-                        self._wake.clear()
                         await self._wait(self._wake, delay)
-                    continue
-                for job in jobs:
-                    task = asyncio.create_task(self._send(job))
-                    self._inflight.add(task)
-                    task.add_done_callback(self._done)
         finally:
-            await self._finish_inflight()
+            try:
+                await self._finish(recorder)
+            finally:
+                recorder.cancel()
 
     async def stop(self) -> None:
-        """Claim nothing more; run() returns once the submits in flight are answered."""
+        """Claim nothing more; run() returns once the submits in flight are answered and
+        recorded, and the jobs claimed but not sent are back in the queue."""
         self._stopping = True
         self._wake.set()
-        self._slot.set()
+        self._need.set()
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._inflight.discard(task)
-        self._slot.set()
-        self.on_notice()
+    def _feed(self) -> None:
+        """Hand buffered jobs to the links while window slots are free (no await: called from
+        wherever a slot frees or jobs arrive)."""
+        if self._stopping or not self._ready:
+            return
+        if self._held < self.capacity and any(link.bound for link in self.links):
+            while self._ready and self._held < self.capacity:
+                job = self._ready.popleft()
+                self._held += 1
+                task = asyncio.create_task(self._send(job))
+                self._tasks.add(task)
+                task.add_done_callback(self._sent)
+        if len(self._ready) <= self.capacity:
+            self._need.set()
+
+    def _settled(self, n: int) -> None:
+        """`n` held jobs are settled: their slots are free."""
+        self._held -= n
+        self._feed()
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("send task failed", exc_info=task.exception())
 
-    async def _finish_inflight(self) -> None:
-        if self._inflight:
-            await asyncio.gather(*self._inflight, return_exceptions=True)
+    async def _finish(self, recorder: asyncio.Task[None]) -> None:
+        """Let the submits in flight end, record their answers, release the buffer."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._closing = True
+        self._recording.set()
+        await asyncio.gather(recorder, return_exceptions=True)
+        if self._ready:
+            ids = [job.id for job in self._ready]
+            self._ready.clear()
+            try:
+                await self.spool.release(ids)
+            except SpoolError as exc:  # they stay `sending`: recover() requeues them at start
+                log.warning("could not release %d claimed jobs: %s", len(ids), exc)
 
     async def _sleep(self, seconds: float) -> None:
         self._wake.clear()
@@ -174,6 +227,18 @@ class Dispatcher:
         return bound[self._rr]
 
     async def _send(self, job: Job) -> None:
+        """Submit one job; its slot is freed here, or by the recorder once accepted."""
+        handed = False
+        try:
+            handed = await self._submit(job)
+        finally:
+            if not handed:
+                self._settled(1)
+                self.on_notice()
+                self._wake.set()  # a retried job may be due before the claim loop looks again
+
+    async def _submit(self, job: Job) -> bool:
+        """Whether the job was accepted and handed to the recorder."""
         now = self.clock()
         if now >= job.expires_at:
             # Never send stale messages: the validity ended while the job waited.
@@ -185,11 +250,11 @@ class Dispatcher:
                 job.id,
                 extra={"request_id": job.request_id, "job": job.id},
             )
-            return
+            return False
         link = self._pick()
         if link is None:
             await self.spool.mark_retry(job.id, now, "no bind up")
-            return
+            return False
         started = time.monotonic()
         try:
             outcome = await link.submit(job.submit, throttle_retry_for=job.expires_at - now)
@@ -198,34 +263,16 @@ class Dispatcher:
             raise
         except (ConnectionError, TimeoutError, OSError) as exc:
             await self._retry(job, f"{type(exc).__name__}: {exc}")
-            return
+            return False
         self.counters.latencies.append(time.monotonic() - started)
         self.counters.throttled += outcome.throttled
         status = outcome.command_status
-        now = self.clock()
         if status == 0:
-            keys = id_keys(outcome.message_id, self.receipt_id_format)
-            state = await self.spool.mark_submitted(job.id, outcome.message_id, keys, now)
-            self.counters.submitted += 1
-            if job.created:
-                self.counters.end_to_end.append(max(0.0, now - job.created))
-            if state.final:  # a receipt that came before this response was applied now
-                self.counters.count_final(state)
-            log.info(
-                "submitted id=%s job=%d to=%s part=%d/%d msgid=%s",
-                job.request_id,
-                job.id,
-                job.phone,
-                job.part,
-                job.parts,
-                outcome.message_id,
-                extra={
-                    "request_id": job.request_id,
-                    "job": job.id,
-                    "message_id": outcome.message_id,
-                },
-            )
-        elif status in THROTTLE_STATUSES:
+            self._accepted.append((job, outcome))
+            self._recording.set()
+            return True
+        now = self.clock()
+        if status in THROTTLE_STATUSES:
             # Throttled until the validity ended (the link re-sent it while it could).
             await self.spool.mark_final(
                 job.id, JobState.EXPIRED, f"throttled 0x{status:08X} until validity ended", now
@@ -246,6 +293,62 @@ class Dispatcher:
                 status,
                 extra={"request_id": job.request_id, "job": job.id},
             )
+        return False
+
+    async def _record_rounds(self) -> None:
+        """Record accepted submits, one `mark_submitted_many` per round, until closing."""
+        while True:
+            if not self._accepted:
+                if self._closing:
+                    return
+                self._recording.clear()
+                await self._recording.wait()
+                continue
+            batch, self._accepted = self._accepted, []
+            try:
+                await self._record(batch)
+            finally:
+                self._settled(len(batch))
+
+    async def _record(self, batch: list[tuple[Job, SubmitOutcome]]) -> None:
+        fmt = self.receipt_id_format
+        now = self.clock()
+        try:
+            states = await self.spool.mark_submitted_many(
+                [
+                    Submitted(job.id, outcome.message_id, id_keys(outcome.message_id, fmt))
+                    for job, outcome in batch
+                ],
+                now,
+            )
+        except SpoolError as exc:
+            # The jobs stay `sending`: sent again after a restart (the at-least-once window).
+            log.error("could not record %d submitted jobs: %s", len(batch), exc)
+            return
+        counters = self.counters
+        counters.submitted += len(batch)
+        for (job, _), state in zip(batch, states, strict=True):
+            if job.created:
+                counters.end_to_end.append(max(0.0, now - job.created))
+            if state.final:  # a receipt that came before this response was applied now
+                counters.count_final(state)
+        self.on_notice()
+        if log.isEnabledFor(logging.INFO):
+            for job, outcome in batch:
+                log.info(
+                    "submitted id=%s job=%d to=%s part=%d/%d msgid=%s",
+                    job.request_id,
+                    job.id,
+                    job.phone,
+                    job.part,
+                    job.parts,
+                    outcome.message_id,
+                    extra={
+                        "request_id": job.request_id,
+                        "job": job.id,
+                        "message_id": outcome.message_id,
+                    },
+                )
 
     async def _retry(self, job: Job, error: str) -> None:
         now = self.clock()
