@@ -98,7 +98,9 @@ class _Connection:
         self.reader = reader
         self.writer = writer
         self.session = EsmeSession()
-        self.pending: dict[int, asyncio.Future[SubmitOutcome]] = {}
+        # sequence → (the submit's future, its response deadline on the loop clock); in send
+        # order, so the deadlines are in order too (see UpstreamLink._expire).
+        self.pending: dict[int, tuple[asyncio.Future[SubmitOutcome], float]] = {}
         self.enquiries: dict[int, asyncio.Future[None]] = {}
         self.unbind_done: asyncio.Future[None] | None = None
         self.last_rx = now
@@ -106,11 +108,20 @@ class _Connection:
         self.deliver_slots = asyncio.Semaphore(MAX_CONCURRENT_DELIVERS)
         # Events read together with the bind response (a receipt right behind bind_resp).
         self.early_events: list[Event] = []
+        self._flush_due = False
 
     def flush(self) -> None:
+        self._flush_due = False
         data = self.session.data_to_send()
         if data and not self.closed:
             self.writer.write(data)
+
+    def flush_soon(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Write at the next loop turn: the submits made in this turn leave in one write
+        (one syscall for a whole round, not one per submit_sm)."""
+        if not self._flush_due:
+            self._flush_due = True
+            loop.call_soon(self.flush)
 
     def close(self) -> None:
         if not self.closed:
@@ -118,7 +129,7 @@ class _Connection:
             self.writer.close()
 
     def fail_all(self, reason: str) -> None:
-        for fut in self.pending.values():
+        for fut, _ in self.pending.values():
             if not fut.done():
                 fut.set_exception(LinkDown(reason))
         self.pending.clear()
@@ -277,24 +288,15 @@ class UpstreamLink:
             conn = await self._ready_to_send(loop, first=first)
             seq = conn.session.submit(sm)
             fut: asyncio.Future[SubmitOutcome] = loop.create_future()
-            conn.pending[seq] = fut
-            conn.flush()
+            conn.pending[seq] = (fut, loop.time() + self._cfg.response_timeout)
+            conn.flush_soon(loop)
             self.submits += 1
         finally:
             if first:
                 self._retrying -= 1
                 if self._retrying == 0:
                     self._retries_sent.set()
-        try:
-            async with asyncio.timeout(self._cfg.response_timeout):
-                return await fut
-        except TimeoutError:
-            conn.pending.pop(seq, None)
-            self.submit_timeouts += 1
-            raise SubmitTimeout(
-                f"{self.name}: no submit_sm_resp for sequence {seq} "
-                f"within {self._cfg.response_timeout} s"
-            ) from None
+        return await fut  # SubmitTimeout comes from _expire
 
     async def stop(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
         """No new submits; let in-flight ones finish (up to `timeout`); unbind; close."""
@@ -396,6 +398,7 @@ class UpstreamLink:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self._read(conn, tg))
                     tg.create_task(self._keepalive(conn))
+                    tg.create_task(self._expire(conn))
             except* (_ConnectionEnded, OSError) as group:
                 reason = "; ".join(str(e) for e in group.exceptions)
                 level = logging.INFO if self._stopping.is_set() else logging.WARNING
@@ -527,9 +530,10 @@ class UpstreamLink:
         message_id: str,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
-        fut = conn.pending.pop(sequence, None)
-        if fut is None:
+        entry = conn.pending.pop(sequence, None)
+        if entry is None:
             return  # late (after SubmitTimeout) or unknown: nothing waits for it
+        fut = entry[0]
         if status in THROTTLE_STATUSES:
             self.throttled += 1
             self._pause_until = max(self._pause_until, loop.time() + self._pause)
@@ -576,6 +580,32 @@ class UpstreamLink:
                     f"no enquire_link_resp within {self._cfg.response_timeout} s"
                 ) from None
             conn.last_rx = max(conn.last_rx, loop.time())
+
+    async def _expire(self, conn: _Connection) -> None:
+        """Fail the submits whose response is overdue with SubmitTimeout (SPEC §9).
+
+        One sweep every tenth of response_timeout (at most 0.1 s) instead of a timer per
+        submit: a submit times out between response_timeout and 1.1 × response_timeout.
+        """
+        loop = asyncio.get_running_loop()
+        timeout = self._cfg.response_timeout
+        tick = min(0.1, max(0.005, timeout / 10))
+        while True:
+            await asyncio.sleep(tick)
+            now = loop.time()
+            while conn.pending:
+                seq, (fut, deadline) = next(iter(conn.pending.items()))
+                if deadline > now:
+                    break
+                del conn.pending[seq]
+                if fut.done():
+                    continue
+                self.submit_timeouts += 1
+                fut.set_exception(
+                    SubmitTimeout(
+                        f"{self.name}: no submit_sm_resp for sequence {seq} within {timeout} s"
+                    )
+                )
 
     def _backoff(self, failures: int) -> float:
         """Exponential backoff reconnect_min·2^n, capped at reconnect_max, ±20 % jitter."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relay.smpp import codec
 from relay.smpp.model import SubmitSm
@@ -19,6 +21,7 @@ from relay.smpp.session import (
     SubmitResponse,
     UnbindRequested,
     UnbindResponse,
+    submit_response,
 )
 
 SM = SubmitSm("Alex", 5, 0, "79990000001", b"hi", 0)
@@ -175,3 +178,42 @@ def test_data_sm_answered_with_data_sm_resp() -> None:
     assert event.deliver.short_message == "Да".encode("utf-16-be")
     s.deliver_resp(event.sequence, 0, event.command)
     assert codec.decode(s.data_to_send()).command == "data_sm_resp"
+
+
+# --- the submit_sm_resp fast path is the generic decoder's answer, or no answer -------------
+
+_message_ids = st.binary(max_size=70).filter(lambda b: b"\0" not in b)
+_bodies = st.one_of(
+    st.just(b""),
+    _message_ids.map(lambda m: m + b"\0"),
+    st.tuples(_message_ids, st.binary(min_size=1, max_size=12)).map(lambda t: t[0] + b"\0" + t[1]),
+    st.binary(max_size=80),
+)
+
+
+def _generic(raw: bytes) -> SubmitResponse:
+    pdu = codec.decode(raw)
+    assert pdu.command == "submit_sm_resp"
+    return SubmitResponse(pdu.sequence, pdu.status, pdu.text("message_id").strip())
+
+
+@settings(max_examples=500, deadline=None)
+@given(body=_bodies, status=st.integers(0, 0xFFFFFFFF), seq=st.integers(1, 0x7FFFFFFF))
+def test_submit_response_fast_path_equals_the_generic_decoder(
+    body: bytes, status: int, seq: int
+) -> None:
+    raw = struct.pack(">LLLL", 16 + len(body), 0x80000004, status, seq) + body
+    fast = submit_response(raw)
+    if fast is not None:
+        assert fast == _generic(raw)
+    else:  # only what the fast path does not claim to know goes the generic way
+        assert body and (body.find(b"\0") != len(body) - 1 or len(body) > 65)
+
+
+def test_submit_response_fast_path_takes_the_common_answers() -> None:
+    plain = struct.pack(">LLLL", 16 + 5, 0x80000004, 0, 9) + b"a1b2\0"
+    assert submit_response(plain) == SubmitResponse(9, 0, "a1b2")
+    empty = struct.pack(">LLLL", 16, 0x80000004, 0x58, 10)
+    assert submit_response(empty) == SubmitResponse(10, 0x58, "")
+    other = struct.pack(">LLLL", 16, 0x80000015, 0, 11)  # enquire_link: not for the fast path
+    assert submit_response(other) is None
