@@ -134,7 +134,10 @@ class LineWriter:
     it at once. `close()` (also at exit) writes what is left.
     """
 
-    _BATCH = 1024
+    # Lines per write. Small enough that formatting a batch holds the GIL briefly: the event
+    # loop and the spool thread must not wait behind the log (they would, up to the 5 ms
+    # switch interval, for a long batch).
+    _BATCH = 64
 
     def __init__(self, stream: TextIO, formatter: logging.Formatter, redactor: Redactor) -> None:
         self.stream = stream

@@ -327,12 +327,15 @@ class Dispatcher:
             return
         counters = self.counters
         counters.submitted += len(batch)
+        final = False
         for (job, _), state in zip(batch, states, strict=True):
             if job.created:
                 counters.end_to_end.append(max(0.0, now - job.created))
             if state.final:  # a receipt that came before this response was applied now
                 counters.count_final(state)
-        self.on_notice()
+                final = True
+        if final:
+            self.on_notice()
         if log.isEnabledFor(logging.INFO):
             for job, outcome in batch:
                 log.info(

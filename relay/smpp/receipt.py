@@ -146,7 +146,7 @@ def id_keys(message_id: str, fmt: str = "auto") -> tuple[str, ...]:
     if not base or fmt == "same" or len(base) > _MAX_CONVERTIBLE:
         return (base,)
     is_dec = base.isascii() and base.isdigit()
-    is_hex = base.isascii() and all(c in "0123456789abcdef" for c in base)
+    is_hex = base.isascii() and not base.strip("0123456789abcdef")  # all hex digits
     if fmt in ("hex2dec", "auto") and is_hex:
         keys.append(str(int(base, 16)))
     if fmt in ("dec2hex", "auto") and is_dec:
