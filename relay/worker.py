@@ -305,12 +305,20 @@ class Dispatcher:
                 await self._recording.wait()
                 continue
             batch, self._accepted = self._accepted, []
+            recorded = False
             try:
-                await self._record(batch)
+                recorded = await self._record(batch)
             finally:
-                self._settled(len(batch))
+                self._settled(len(batch))  # the slots are free: the next submits are made
+            if recorded and log.isEnabledFor(logging.INFO):
+                # The lines wait until the submits just made are written (two loop turns:
+                # their tasks run, then the link's write): they are not in the window's way.
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+                self._log_submitted(batch)
 
-    async def _record(self, batch: list[tuple[Job, SubmitOutcome]]) -> None:
+    async def _record(self, batch: list[tuple[Job, SubmitOutcome]]) -> bool:
+        """Durably mark a round submitted; whether it was."""
         fmt = self.receipt_id_format
         now = self.clock()
         try:
@@ -324,7 +332,7 @@ class Dispatcher:
         except SpoolError as exc:
             # The jobs stay `sending`: sent again after a restart (the at-least-once window).
             log.error("could not record %d submitted jobs: %s", len(batch), exc)
-            return
+            return False
         counters = self.counters
         counters.submitted += len(batch)
         final = False
@@ -336,22 +344,26 @@ class Dispatcher:
                 final = True
         if final:
             self.on_notice()
-        if log.isEnabledFor(logging.INFO):
-            for job, outcome in batch:
-                log.info(
-                    "submitted id=%s job=%d to=%s part=%d/%d msgid=%s",
-                    job.request_id,
-                    job.id,
-                    job.phone,
-                    job.part,
-                    job.parts,
-                    outcome.message_id,
-                    extra={
-                        "request_id": job.request_id,
-                        "job": job.id,
-                        "message_id": outcome.message_id,
-                    },
-                )
+        return True
+
+    @staticmethod
+    def _log_submitted(batch: list[tuple[Job, SubmitOutcome]]) -> None:
+        """Issue 7: one line per submitted part, with its request id and message id."""
+        for job, outcome in batch:
+            log.info(
+                "submitted id=%s job=%d to=%s part=%d/%d msgid=%s",
+                job.request_id,
+                job.id,
+                job.phone,
+                job.part,
+                job.parts,
+                outcome.message_id,
+                extra={
+                    "request_id": job.request_id,
+                    "job": job.id,
+                    "message_id": outcome.message_id,
+                },
+            )
 
     async def _retry(self, job: Job, error: str) -> None:
         now = self.clock()
