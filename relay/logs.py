@@ -72,6 +72,18 @@ class PlainFormatter(logging.Formatter):
         self._second = -1
         self._stamp = ""
 
+    def format(self, record: logging.LogRecord) -> str:
+        """What logging.Formatter.format makes of this format, without its generic machinery
+        (it runs once per submitted part)."""
+        text = f"{self.formatTime(record)} {record.levelname} {record.name}: {record.getMessage()}"
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            text = f"{text}\n{record.exc_text}"
+        if record.stack_info:
+            text = f"{text}\n{self.formatStack(record.stack_info)}"
+        return text
+
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         second = int(record.created)
         if second != self._second:
@@ -194,6 +206,9 @@ class LineWriter:
 
     def _line(self, record: logging.LogRecord) -> str:
         try:
+            if isinstance(self.formatter, PlainFormatter):
+                # The plain line shows no `extra=` field apart from the text: mask the line.
+                return self.redactor.mask(self.formatter.format(record))
             self.redactor.filter(record)
             return self.formatter.format(record)
         except Exception as exc:  # a bad record must not stop the log

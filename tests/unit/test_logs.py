@@ -83,3 +83,18 @@ def test_secrets_are_masked_and_exceptions_kept(logger: logging.Logger, fmt: str
 def test_plain_time_is_loggings_default_format(logger: logging.Logger) -> None:
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", None, None)
     assert PlainFormatter().formatTime(record) == logging.Formatter().formatTime(record)
+
+
+def test_plain_lines_are_what_logging_makes_of_the_format(logger: logging.Logger) -> None:
+    std = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ours = PlainFormatter()
+    try:
+        raise KeyError("k")
+    except KeyError:
+        import sys
+
+        exc = sys.exc_info()
+    for args in ((None, None), (None, exc)):
+        record = logging.LogRecord("relay.x", logging.WARNING, __file__, 1, "a %s b", ("1",), None)
+        record.exc_info = args[1]
+        assert ours.format(record) == std.format(record)
