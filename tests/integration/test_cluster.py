@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from relay.smpp.simulator import SimFaults, SmscSimulator
+from relay.worker import CLAIM_EXTRA
 from tests.integration.harness import (
     RelayProcess,
     ReplySink,
@@ -216,7 +217,9 @@ async def test_a_sigkilled_node_loses_nothing_its_leased_jobs_go_out_from_anothe
     victim.relay.signal(signal.SIGKILL)
     assert await asyncio.to_thread(victim.relay.wait, 10) == -signal.SIGKILL
     orphans = [j["id"] for j in c.jobs() if j["state"] == "sending" and j["node"] == "a"]
-    assert 0 < len(orphans) <= WINDOW  # what a had in flight: at most its window
+    # What a held: its window in flight, plus the jobs it had claimed ahead and not yet sent
+    # (relay.worker's buffer); the unsent ones cannot be duplicated.
+    assert 0 < len(orphans) <= WINDOW + 2 * WINDOW + CLAIM_EXTRA
     jobs = await c.wait_jobs(
         lambda js: len(js) == 300 and all(j["state"] == "delivered" for j in js), timeout=60
     )
@@ -225,8 +228,8 @@ async def test_a_sigkilled_node_loses_nothing_its_leased_jobs_go_out_from_anothe
     sent = collections.Counter(sms.text for sms in c.smsc.received)
     assert set(sent) == set(texts)  # nothing lost
     duplicates = sum(n - 1 for n in sent.values())
-    assert duplicates <= len(orphans)  # only the jobs in flight at the kill
-    print(f"killed node held {len(orphans)} job(s) in flight; {duplicates} sent twice")
+    assert duplicates <= min(WINDOW, len(orphans))  # only the jobs in flight at the kill
+    print(f"killed node held {len(orphans)} claimed job(s); {duplicates} sent twice")
 
 
 async def test_three_nodes_drain_one_spool(cluster_factory: Any) -> None:
