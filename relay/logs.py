@@ -157,6 +157,7 @@ class LineWriter:
         self.redactor = redactor
         self._queue: queue.SimpleQueue[logging.LogRecord | threading.Event | None]
         self._queue = queue.SimpleQueue()
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
         self._thread.start()
         atexit.register(self.close)
@@ -166,11 +167,14 @@ class LineWriter:
 
     def flush(self, timeout: float = 5.0) -> None:
         """Return once every record queued before this call is written."""
+        if self._closed or not self._thread.is_alive():
+            return  # close() wrote everything (at exit it runs before logging.shutdown)
         done = threading.Event()
         self._queue.put(done)
         done.wait(timeout)
 
     def close(self) -> None:
+        self._closed = True
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join(5.0)

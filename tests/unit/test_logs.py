@@ -98,3 +98,16 @@ def test_plain_lines_are_what_logging_makes_of_the_format(logger: logging.Logger
         record = logging.LogRecord("relay.x", logging.WARNING, __file__, 1, "a %s b", ("1",), None)
         record.exc_info = args[1]
         assert ours.format(record) == std.format(record)
+
+
+def test_flush_after_close_returns_at_once(logger: logging.Logger) -> None:
+    # At exit our atexit close() runs before logging.shutdown() flushes every handler.
+    import time
+
+    out, handler = _attach(logger, PlainFormatter())
+    logger.info("last words")
+    handler.writer.close()
+    started = time.monotonic()
+    handler.flush()
+    assert time.monotonic() - started < 0.5
+    assert out.getvalue().rstrip().endswith("last words")
