@@ -83,7 +83,6 @@ _FORBIDDEN_CODECS = frozenset(
 
 # Non-ASCII characters a Cyrillic text plausibly holds besides letters.
 _PLAUSIBLE_SYMBOLS = frozenset("«»„“”‘’‚–—…№•·°±§©®™€\u00a0\u00ad")
-_ALLOWED_CONTROLS = frozenset("\t\n\r\f\v")
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,9 +203,20 @@ def _finish(headers: dict[str, str], top_declared: str, part: _Body | None) -> P
     )
 
 
-@functools.lru_cache(maxsize=1024)
 def _address(value: str) -> str:
-    """`email.utils.parseaddr`'s address (pure; the same few senders recur on every mail)."""
+    """`email.utils.parseaddr`'s address; remembered for short values (the same few senders
+    recur on every mail; long hostile ones are not kept)."""
+    return (
+        _cached_address(value) if len(value) <= _CACHED_VALUE else email.utils.parseaddr(value)[1]
+    )
+
+
+# Header values up to this long are remembered by the caches below (bounds their memory).
+_CACHED_VALUE = 256
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_address(value: str) -> str:
     return email.utils.parseaddr(value)[1]
 
 
@@ -254,7 +264,10 @@ def _parse_simple(raw: bytes) -> ParsedMail | None:
     headers: dict[str, str] = {}
     for name, value in fields:
         headers.setdefault(name.lower(), value.rstrip("\r\n"))
-    ctype = _content_type(headers.get("content-type"))
+    declared = headers.get("content-type")
+    if declared is not None and len(declared) > _CACHED_VALUE:
+        return None  # not worth remembering: the full path reads it
+    ctype = _content_type(declared)
     if ctype is None:
         return None
     if headers.get("content-transfer-encoding", "").lower() in _DECODED_CTES:
@@ -318,6 +331,11 @@ def _known_codec(label: str) -> str:
     name = label.strip().strip("\"'").lower()
     if not name or len(name) > 40:
         return ""
+    return _codec_name(name)
+
+
+@functools.lru_cache(maxsize=256)  # the codec registry does not change; labels recur
+def _codec_name(name: str) -> str:
     name = _ALIASES.get(name, name)
     try:
         info = codecs.lookup(name)
@@ -331,15 +349,13 @@ def _known_codec(label: str) -> str:
     return name
 
 
+# C0 and C1 controls other than white space, and U+FFFD (a byte some codec could not read).
+_UNCLEAN = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x9f\ufffd]")
+
+
 def _clean(text: str) -> bool:
     """No control characters besides white space (C0 and C1), no undefined code points."""
-    for ch in text:
-        if ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0:
-            if ch not in _ALLOWED_CONTROLS:
-                return False
-        elif ch == "\ufffd":
-            return False
-    return True
+    return _UNCLEAN.search(text) is None
 
 
 def decode_bytes(data: bytes, declared: str = "") -> tuple[str, str]:

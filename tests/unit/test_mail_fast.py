@@ -251,3 +251,22 @@ def test_simple_mail_takes_the_fast_path(raw: bytes) -> None:
 )
 def test_other_mail_takes_the_full_path(raw: bytes) -> None:
     assert _parse_simple(raw) is None
+
+
+def _clean_reference(text: str) -> bool:
+    """The former character loop of `relay.mail._clean`, kept as its specification."""
+    for ch in text:
+        if ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0:
+            if ch not in "\t\n\r\f\v":
+                return False
+        elif ch == "\ufffd":
+            return False
+    return True
+
+
+@settings(max_examples=500)
+@given(st.text(st.characters(max_codepoint=0x110), max_size=20) | st.text(max_size=20))
+def test_clean_matches_its_specification(text: str) -> None:
+    from relay.mail import _clean
+
+    assert _clean(text) == _clean_reference(text)
