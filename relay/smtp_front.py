@@ -44,8 +44,9 @@ from relay.spool import Spool
 log = logging.getLogger("relay.smtp")
 
 # A mail up to this size whose password check is cached is processed on the event loop (≈0.1 ms
-# for a simple command mail); larger ones, and any that needs argon2, go to a worker thread.
-INLINE_MAX_BYTES = 16384
+# for a simple command mail, a few ms at most for a 4 KiB list); larger ones, and any that needs
+# argon2, go to a worker thread so that they cannot stall the other sessions.
+INLINE_MAX_BYTES = 4096
 
 # RFC 5321 §4.5.3.1.6 allows 1000-octet lines; legacy devices send longer ones, and refusing
 # them loses alerts, so DATA lines are accepted up to this many octets (the size limit still holds).
