@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench import load
+from bench.kannel import KANNEL_WINDOW, Kannel, cpu_seconds, kannel_installed, sendsms_load
 from bench.procs import Procs, RssSampler, rss_mb
 from bench.raw_submit import raw_submit
 from relay.app import intake_rules
@@ -484,3 +485,143 @@ def scale(s: Settings, procs: Procs, empty_ingest: float, empty_drain: float) ->
             f"{backlog}-job backlog, NOT the issue's 1 000 000",
         ).line()
     )
+
+
+# -- 7. peers side by side -----------------------------------------------------------------
+
+
+def peers(s: Settings, procs: Procs) -> None:
+    """Kannel's HTTP → SMPP rate at the bench's SMPP sink; then, against the same sink, our
+    spool drain and our SMTP → SMPP rate, each as a ratio to Kannel's.
+
+    All three are measured the same way: submit_sm/s arriving at the sink, first to last.
+    Kannel gets one message per sendsms request, 1000 destinations, no delivery reports, its
+    default SMPP window (`max-pending-submits` = 10); the relay runs with the same window.
+    """
+    if not kannel_installed():
+        s.say("SKIP peers: Kannel is not installed (bench/setup installs Debian's kannel)")
+        return
+    count = s.pick(1000, 20000)
+    window = KANNEL_WINDOW
+    sink = procs.smpp_sink()
+    sink_pid = sink.proc.pid
+
+    # Kannel: sendsms over HTTP, concurrent keep-alive connections, bounded in time.
+    with Kannel(s.workdir, sink.port, window=window) as kannel:
+        kannel.wait_ready()
+        warm = asyncio.run(sendsms_load(kannel.sendsms_port, 10, concurrency=1, time_limit=30))
+        if warm.accepted != 10 or sink.wait_count(10, timeout=10)["count"] != 10:
+            raise RuntimeError(f"Kannel warm-up: {warm}, sink {sink.stats()}")
+        sink.ask("reset")
+        pids = {"bearerbox": kannel.bearerbox.pid, "smsbox": kannel.smsbox.pid, "sink": sink_pid}
+        cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        client_cpu = time.process_time()
+        sent = asyncio.run(
+            sendsms_load(kannel.sendsms_port, count, concurrency=20, time_limit=s.pick(30, 120))
+        )
+        st = sink.wait_count(count, timeout=s.pick(10, 60))
+        used = {name: cpu_seconds(pid) - cpu[name] for name, pid in pids.items()}
+        used["http client"] = time.process_time() - client_cpu
+    if sent.accepted != count or st["count"] != count:
+        raise RuntimeError(
+            f"Kannel: {sent.accepted} of {count} sendsms accepted ({sent.other}), "
+            f"{st['count']} submit_sm at the sink (see {s.workdir}/bearerbox.log)"
+        )
+    kannel_rate = (st["count"] - 1) / (st["last"] - st["first"])
+    span = st["last"] - st["first"]
+    s.say(
+        f"INFO peers.kannel: {kannel_rate:.0f} submit_sm/s HTTP → SMPP ({count} sendsms "
+        f"requests, 20 keep-alive connections, window {window}); sendsms answered at "
+        f"{count / sent.elapsed:.0f}/s; CPU s over the run: "
+        + ", ".join(f"{name} {v:.2f}" for name, v in used.items())
+        + f" (wall {span:.2f} s)"
+    )
+
+    # Our spool drain: the drain case's machinery (prefill, relay, sink count), Kannel's window.
+    path = s.workdir / "peers-drain.db"
+    took = prefill(path, count, destinations=1000, workdir=s.workdir)
+    s.say(f"INFO peers.drain: prefilled {count} jobs in {took:.1f} s")
+    sink.ask("reset")
+    relay, _ = procs.relay("peers-drain", spool=path, smpp_port=sink.port, window=window)
+    st = sink.wait_count(count, timeout=s.pick(10, 60))
+    procs.stop(relay)
+    if st["count"] < 2:
+        raise RuntimeError(f"relay drained {st['count']} of {count} within the time limit")
+    partial = "" if st["count"] >= count else f"TIME LIMIT: only {st['count']} drained, "
+    drain_rate = (st["count"] - 1) / (st["last"] - st["first"])
+    ratio = drain_rate / kannel_rate
+    s.say(
+        Result(
+            "peers.drain",
+            drain_rate,
+            "submit_sm/s",
+            "kannel-http-to-smpp",
+            kannel_rate,
+            ratio,
+            "ratio >= 1.00 (spool drain >= Kannel's rate)",
+            ratio >= 1.0,
+            partial + f"{count} jobs from a full spool, window {window}, same sink",
+        ).line()
+    )
+
+    # Our end to end: SMTP (smtp-source, else the Python load) → relay → the same sink.
+    sessions = 20
+    exe = None if s.use_python_load else load.smtp_source_path()
+    mail_file = s.workdir / "peers.eml"
+    data = load.command_mail("Disk full on db1")
+    mail_file.write_bytes(data.replace(b"\r\n", b"\n"))
+    relay, relay_port = procs.relay(
+        "peers-e2e", spool=s.workdir / "peers-e2e.db", smpp_port=sink.port, window=window
+    )
+    sink.ask("reset")
+    warm_up(relay_port)
+    sink.wait_count(1, timeout=10)
+    sink.ask("reset")
+    started = time.monotonic()
+    if exe is not None:
+        load.run_smtp_source(
+            exe,
+            relay_port,
+            sessions=sessions,
+            count=count,
+            reuse=True,
+            mail_file=mail_file,
+            timeout=s.pick(30, 120),
+        )
+    else:
+        res = asyncio.run(
+            load.drive(
+                relay_port,
+                sessions=sessions,
+                count=count,
+                reuse=True,
+                make_mail=lambda i: data,
+                time_limit=s.pick(30, 120),
+            )
+        )
+        if res.accepted != count:
+            raise RuntimeError(f"relay accepted {res.accepted} of {count} mails: {res.other}")
+    smtp_elapsed = time.monotonic() - started
+    st = sink.wait_count(count, timeout=s.pick(10, 60))
+    procs.stop(relay)
+    if st["count"] < 2:
+        raise RuntimeError(f"end to end: {st['count']} of {count} submit_sm at the sink")
+    partial = "" if st["count"] >= count else f"TIME LIMIT: only {st['count']} arrived, "
+    e2e_rate = (st["count"] - 1) / (st["last"] - st["first"])
+    s.say(
+        Result(
+            "peers.e2e",
+            e2e_rate,
+            "mails/s",
+            "kannel-http-to-smpp",
+            kannel_rate,
+            e2e_rate / kannel_rate,
+            ">= 900 mails/s SMTP → SMPP (ratio to Kannel reported)",
+            e2e_rate >= 900,
+            partial
+            + f"{count} mails of {len(data)} B, {sessions} reused sessions, "
+            + f"{'smtp-source' if exe else 'python-load'} (SMTP done at "
+            + f"{count / smtp_elapsed:.0f} mails/s), window {window}, same sink",
+        ).line()
+    )
+    procs.stop_all()
