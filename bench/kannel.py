@@ -57,7 +57,9 @@ def config(
     """kannel.conf: core, one SMPP transceiver smsc group, smsbox, one sendsms user.
 
     No store-file: Kannel queues in memory (its default), so a crash loses what it holds; the
-    relay commits every job to SQLite before its `250`. No delivery reports are asked for.
+    relay commits every job to SQLite before its `250`. (Kannel's `store-type = file` was
+    measured at the same rate here, and strace shows it write()s without any fsync: it survives
+    a process crash, not a power loss.) No delivery reports are asked for.
     """
     return f"""\
 group = core
@@ -126,7 +128,7 @@ class Kannel:
 
     def _start(self, name: str, exe: str, port: int) -> subprocess.Popen[bytes]:
         log = self.workdir / f"{name}.log"
-        with log.open("ab") as out:
+        with log.open("wb") as out:
             proc = subprocess.Popen(
                 [exe, "-v", "2", str(self.conf)], stdout=out, stderr=out, cwd=self.workdir
             )
