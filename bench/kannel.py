@@ -6,9 +6,10 @@ group pointed at the bench's SMPP sink), starts bearerbox and smsbox with `-v 2`
 only: their per-message debug output would otherwise dominate the run) and always stops them.
 
 Messages go in through smsbox's sendsms HTTP interface. The client below is a few lines of raw
-asyncio HTTP/1.1 with keep-alive instead of httpx: at several thousand requests per second on a
-2-core machine shared with Kannel and the sink, httpx's per-request cost (≈10× a bare
-`write`/`readuntil`) would make the client, not Kannel, the thing measured.
+asyncio HTTP/1.1 with keep-alive instead of httpx: measured here against the same smsbox (5000
+requests, 20 connections), httpx.AsyncClient cost ≈2.2 ms of CPU per request and fed Kannel at
+≈450/s, this client ≈50 µs per request at ≈8 500/s; with httpx the client, not Kannel, would be
+the thing measured.
 """
 
 from __future__ import annotations
