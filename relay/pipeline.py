@@ -70,6 +70,7 @@ class IntakeRules:
     reply_sender: str
     hostname: str
     replies_enabled: bool = True
+    postmaster: str = ""  # where mail to postmaster@ is forwarded; "" = refused (RFC 5321 §4.5.1)
     limits: LimitsConfig = field(default_factory=LimitsConfig)  # SPEC §5 protections
     policy: Policy = field(init=False, repr=False, compare=False)  # compiled from `limits`
 

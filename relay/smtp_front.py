@@ -23,6 +23,7 @@ from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from relay import postmaster
 from relay.auth import LOGIN_PASSWORD_PROMPT, LOGIN_USERNAME_PROMPT, AccountAuthenticator
 from relay.email2sms import process_email2sms
 from relay.errors import ErrorCode, SpoolError
@@ -40,6 +41,7 @@ from relay.rates import Limits as RateLimits
 from relay.replies import smtp_reject_line
 from relay.routing import AccountRoute, Client, PhoneRoute, Refused, route_recipient
 from relay.spool import Spool
+from relay.spool.model import NewMail, NewRequest
 
 log = logging.getLogger("relay.smtp")
 
@@ -142,6 +144,7 @@ class IntakeCounters:
     temp_failures: int = 0
     rate_limited: dict[str, int] = field(default_factory=dict)  # by scope: account, sender
     auth_failures: int = 0
+    postmaster: int = 0  # mails to postmaster@ spooled for `smtp.postmaster`
 
 
 class RequestIds:
@@ -233,6 +236,10 @@ class CommandMailHandler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
+        if postmaster.is_postmaster(address, self.domains):
+            return self._rcpt_postmaster(envelope, address)
+        if any(postmaster.is_postmaster(r, self.domains) for r in envelope.rcpt_tos):
+            return postmaster.SEPARATELY
         route = route_recipient(
             address,
             domains=self.domains,
@@ -247,6 +254,18 @@ class CommandMailHandler:
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 Recipient OK"
 
+    def _rcpt_postmaster(self, envelope: Envelope, address: str) -> str:
+        """RFC 5321 §4.5.1: `postmaster` is accepted (when there is somewhere to forward it),
+        alone in its transaction so that its DATA never mixes with SMS requests."""
+        if not self.rules.postmaster:
+            return postmaster.NOT_CONFIGURED
+        if any(not postmaster.is_postmaster(r, self.domains) for r in envelope.rcpt_tos):
+            return postmaster.SEPARATELY
+        if len(envelope.rcpt_tos) >= self.max_recipients:
+            return "452 4.5.3 Too many recipients"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 Recipient OK"
+
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw: bytes = envelope.original_content or b""
         peer = session.peer
@@ -255,6 +274,8 @@ class CommandMailHandler:
         now = time.time()
         mail_from = envelope.mail_from or ""
         rules = self.rules
+        if envelope.rcpt_tos and postmaster.is_postmaster(envelope.rcpt_tos[0], self.domains):
+            return await self._forward_postmaster(session, envelope, raw, txn, client_ip, now)
         envs = [
             PipelineEnvelope(key=f"{txn}:{i}", mail_from=mail_from, rcpt=rcpt, client_ip=client_ip)
             for i, rcpt in enumerate(envelope.rcpt_tos)
@@ -335,6 +356,66 @@ class CommandMailHandler:
             return smtp_reject_line(first.code or ErrorCode.PARAMETERS, first.request_id)
         ids = ",".join(o.request_id for o in outcomes)
         return f"250 2.0.0 OK queued as {ids}"
+
+    async def _forward_postmaster(
+        self,
+        session: Session,
+        envelope: Envelope,
+        raw: bytes,
+        txn: str,
+        client_ip: str,
+        now: float,
+    ) -> str:
+        """Spool the mail for `smtp.postmaster` (sent by the reply mailer, retried like replies)."""
+        rules = self.rules
+        if not rules.postmaster:  # the config changed (SIGHUP) since RCPT
+            return postmaster.NOT_CONFIGURED
+        if postmaster.is_loop(raw):
+            log.warning(
+                "postmaster mail refused as a loop: from=%s ip=%s", envelope.mail_from, client_ip
+            )
+            return postmaster.LOOP
+        request_id = self.new_id()
+        data = postmaster.forwarded(
+            raw,
+            rcpt=envelope.rcpt_tos[0],
+            helo=session.host_name or "",
+            client_ip=client_ip,
+            hostname=rules.hostname,
+            request_id=request_id,
+            now=now,
+        )
+        mail_from = envelope.mail_from or ""
+        request = NewRequest(
+            key=f"{txn}:postmaster",
+            request_id=request_id,
+            login="",
+            mail_from=mail_from,
+            client_ip=client_ip,
+            created=now,
+            mails=(NewMail(mail_from, rules.postmaster, data, now + rules.validity),),
+            comment="postmaster",
+        )
+        store = asyncio.ensure_future(self.spool.store(request))
+        self._pending.add(store)
+        store.add_done_callback(self._pending.discard)
+        try:
+            await asyncio.shield(store)
+        except SpoolError as exc:
+            self.counters.temp_failures += 1
+            log.error("spool store failed, answering 451: %s", exc)
+            return "451 4.3.0 Temporary failure storing the message, try again later"
+        self.counters.postmaster += 1
+        log.info(
+            "postmaster mail id=%s from=%s ip=%s forwarded to %s",
+            request_id,
+            mail_from,
+            client_ip,
+            rules.postmaster,
+            extra={"request_id": request_id},
+        )
+        self.on_stored([])
+        return f"250 2.0.0 OK queued as {request_id}"
 
     async def handle_exception(self, error: Exception) -> str:
         # aiosmtpd's default answers a permanent 500 with the exception text: that leaks
