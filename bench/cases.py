@@ -91,6 +91,13 @@ def prefill_template(workdir: Path) -> NewRequest:
     return outcome.request
 
 
+def prefill_key(i: int) -> str:
+    """A key shaped like the front's (`uuid4().hex:n`) and, like those, spread over the key
+    space (an odd multiplier is a bijection mod 2**128), so that the 1 000 000 keys make the
+    unique index as deep and the relay's new keys land in it as scattered as in production."""
+    return f"{(i * 0x9E3779B97F4A7C15F39CC0605CEDC835) % (1 << 128):032x}:0"
+
+
 def prefill_request(template: NewRequest, i: int, destinations: int) -> NewRequest:
     """Backlog request `i`: to one of `destinations` phones, short_message = str(i)."""
     job = template.jobs[0]
@@ -100,7 +107,7 @@ def prefill_request(template: NewRequest, i: int, destinations: int) -> NewReque
     # No admission checks: the prefill builds a backlog for the drain benchmark only.
     return replace(
         template,
-        key=f"prefill:{i}",
+        key=prefill_key(i),
         request_id=str(10**9 + i),
         jobs=(new_job,),
         admission=None,
@@ -159,7 +166,7 @@ def bulk_prefill(path: Path, template: NewRequest, count: int, destinations: int
                 (
                     (
                         base + i,
-                        f"prefill:{i}",
+                        prefill_key(i),
                         str(10**9 + i),
                         r.login,
                         r.mail_from,
@@ -509,16 +516,17 @@ def parser(s: Settings) -> None:
 
 
 def scale(s: Settings, procs: Procs, empty_ingest: float, empty_drain: float) -> None:
-    """Ingest and drain with a pre-filled spool (smaller than the issue's 1 000 000)."""
-    backlog = s.pick(20000, 100000)
+    """Ingest and drain with 1 000 000 jobs already in the spool (smoke: 20 000)."""
+    backlog = s.pick(20000, 1_000_000)
+    tag = f"scale{backlog // 1000}k"
     spool = s.workdir / "scale.db"
     took = prefill(spool, backlog, destinations=1000, workdir=s.workdir)
-    s.say(f"INFO scale: prefilled {backlog} jobs in {took:.1f} s (issue asks 1 000 000)")
+    s.say(f"INFO scale: prefilled {backlog} jobs in {took:.1f} s")
     rates = ingest(s, procs, spool=spool, label="scale-ingest", modes=("reuse",))
     ratio = rates["reuse"] / empty_ingest
     s.say(
         Result(
-            f"scale{backlog // 1000}k.ingest",
+            f"{tag}.ingest",
             rates["reuse"],
             "mails/s",
             "empty-spool-ingest",
@@ -526,17 +534,15 @@ def scale(s: Settings, procs: Procs, empty_ingest: float, empty_drain: float) ->
             ratio,
             "ratio >= 0.80",
             ratio >= 0.80,
-            f"{backlog}-job backlog, NOT the issue's 1 000 000; "
-            f"peak RSS {rates['peak_rss']:.0f} MB",
+            f"{backlog}-job backlog; relay RSS idle {rates['idle_rss']:.0f} MB, "
+            f"peak {rates['peak_rss']:.0f} MB",
         ).line()
     )
-    drained = drain(
-        s, procs, windows=(10,), backlog=backlog, label=f"scale{backlog // 1000}k", spool=spool
-    )
+    drained = drain(s, procs, windows=(10,), backlog=backlog, label=tag, spool=spool)
     ratio = drained[10] / empty_drain
     s.say(
         Result(
-            f"scale{backlog // 1000}k.drain",
+            f"{tag}.drain",
             drained[10],
             "parts/s",
             "empty-spool-drain",
@@ -544,6 +550,6 @@ def scale(s: Settings, procs: Procs, empty_ingest: float, empty_drain: float) ->
             ratio,
             "ratio >= 0.80",
             ratio >= 0.80,
-            f"{backlog}-job backlog, NOT the issue's 1 000 000",
+            f"{backlog}-job backlog",
         ).line()
     )
