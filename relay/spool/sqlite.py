@@ -23,6 +23,7 @@ from typing import Any, Literal, TypeVar
 from relay.config import LimitsConfig
 from relay.errors import ErrorCode, SpoolError
 from relay.rates import MINUTE, RateCheck, Usage, active, first_exceeded, utc_day
+from relay.spool.checkpoint import Checkpointer
 from relay.spool.model import (
     Admission,
     Callback,
@@ -207,6 +208,7 @@ class SqliteSpool:
         self._ops: queue.SimpleQueue[tuple[_Op, asyncio.Future[Any]] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._checkpointer = Checkpointer(self._path)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -218,10 +220,12 @@ class SqliteSpool:
         )
         self._thread.start()
         await ready
+        self._checkpointer.start()
 
     async def close(self) -> None:
         if self._thread is None:
             return
+        await asyncio.to_thread(self._checkpointer.stop)
         self._ops.put(None)
         await asyncio.to_thread(self._thread.join)
         self._thread = None
@@ -235,6 +239,8 @@ class SqliteSpool:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=10000")
+        # Checkpoints run in their own thread, never inside a COMMIT here (checkpoint.py).
+        conn.execute("PRAGMA wal_autocheckpoint=0")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.executescript(_SCHEMA)
         conn.execute(
