@@ -50,7 +50,9 @@ log = logging.getLogger("relay.spool")
 T = TypeVar("T")
 _Op = Callable[[sqlite3.Connection], Any]
 
-SCHEMA_VERSION = 3  # 2: the SPEC §5 protection tables; 3: notices, callbacks (added in place)
+# 2: the SPEC §5 protection tables; 3: notices, callbacks; 4: mails_state, callbacks_state
+# (each added in place by CREATE … IF NOT EXISTS at open)
+SCHEMA_VERSION = 4
 _BATCH_MAX = 512
 
 _SCHEMA = """
@@ -182,6 +184,10 @@ CREATE TABLE IF NOT EXISTS ip_blocks (
     until REAL NOT NULL,
     notified INTEGER NOT NULL
 );
+-- Issue 9 (scale): sent mails and callbacks stay in their tables; recover() and counts() look
+-- rows up by state here instead of reading every row (and its body) of the whole history.
+CREATE INDEX IF NOT EXISTS mails_state ON mails(state);
+CREATE INDEX IF NOT EXISTS callbacks_state ON callbacks(state);
 """
 
 
@@ -748,7 +754,24 @@ class SqliteSpool:
                 out[f"callback_{state}"] = n
             return out
 
-        return await self._do(op)
+        # Counting walks the whole jobs_state index (≈85 ms at 1 000 000 jobs): in the writer
+        # thread that would hold every commit, and so every `250`, back at each metrics scrape.
+        # A WAL reader of its own neither waits for the writer nor blocks it.
+        return await asyncio.to_thread(self._read, op)
+
+    def _read(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read-only `op` in one read transaction on a connection of its own."""
+        if self._thread is None:
+            raise SpoolError("spool is not open")
+        try:
+            conn = sqlite3.connect(self._path, isolation_level=None)
+            try:
+                conn.execute("BEGIN")  # one snapshot for all of op's statements
+                return op(conn)
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise SpoolError(f"spool read failed: {exc}") from exc
 
     async def request_status(self, request_id: str) -> list[JobView]:
         def op(conn: sqlite3.Connection) -> list[JobView]:
@@ -800,8 +823,10 @@ class SqliteSpool:
 
     async def requeue(self, request_id: str, now: float, validity: float) -> int:
         def op(conn: sqlite3.Connection) -> int:
+            # INDEXED BY: the planner's default, jobs_state, walks every job in those states.
             return conn.execute(
-                "UPDATE jobs SET state = 'queued', attempts = 0, not_before = ?, expires_at = ?,"
+                "UPDATE jobs INDEXED BY jobs_request"
+                " SET state = 'queued', attempts = 0, not_before = ?, expires_at = ?,"
                 " error = '', upstream_id = '', receipt = '', updated = ?"
                 " WHERE state IN (?, ?, ?, ?) AND request_pk IN"
                 " (SELECT pk FROM requests WHERE request_id = ?)",
@@ -814,9 +839,11 @@ class SqliteSpool:
         def op(conn: sqlite3.Connection) -> int:
             ids = [
                 r[0]
+                # INDEXED BY: the planner's default, jobs_state, walks every queued job
+                # (330 ms with 1 000 000 queued; 0.1 ms through the request's own jobs).
                 for r in conn.execute(
-                    "SELECT id FROM jobs WHERE state = 'queued' AND request_pk IN"
-                    " (SELECT pk FROM requests WHERE request_id = ?)",
+                    "SELECT id FROM jobs INDEXED BY jobs_request WHERE state = 'queued'"
+                    " AND request_pk IN (SELECT pk FROM requests WHERE request_id = ?)",
                     (request_id,),
                 )
             ]

@@ -7,11 +7,16 @@ operator command use an index instead of walking the jobs table.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
+from relay.errors import SpoolError
 from relay.smpp.model import SubmitSm
-from relay.spool.model import NewJob, NewRequest
+from relay.spool.model import JobState, NewJob, NewMail, NewRequest
 from relay.spool.sqlite import SqliteSpool
 
 
@@ -61,3 +66,78 @@ async def test_reopened_spool_sees_every_commit(tmp_path: Path) -> None:
             assert (await spool.counts())["queued"] == (round_ + 1) * 100
         finally:
             await spool.close()
+
+
+# Plans that walk a whole table (or all jobs of one state) cost time in proportion to the spool:
+# SCAN of these tables is allowed only through the partial "queued" indexes (due order, LIMIT).
+_BIG = ("jobs", "j", "requests", "r", "mails", "callbacks", "c")
+_ORDERED = ("jobs_queued", "mails_queued", "callbacks_queued")
+
+
+def _bad_steps(conn: sqlite3.Connection, statement: str) -> list[str]:
+    plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + statement)]
+    bad = []
+    for step in plan:
+        words = step.split()
+        if words[0] == "SCAN" and words[1] in _BIG and not any(i in step for i in _ORDERED):
+            bad.append(step)
+        # All jobs in one state: fine for recover()'s `sending` (at most a window per bind),
+        # not for anything that looks for one request's jobs.
+        if "jobs_state" in step and "request" in statement:
+            bad.append(step)
+    return bad
+
+
+async def test_per_job_and_operator_statements_use_an_index(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    spool = SqliteSpool(path)
+    await spool.open()
+    statements: list[str] = []
+    try:
+        for i in range(20):
+            mail = NewMail("relay@x", "ops@x", b"Subject: x\r\n\r\nOK\r\n", 1e12)
+            await spool.store(replace(_request(i), mails=(mail,)))
+        # Observe the writer connection's own statements, bound values expanded.
+        await spool._do(lambda conn: conn.set_trace_callback(statements.append))
+        await spool.recover()
+        jobs = await spool.claim(5, now=200.0)
+        await spool.next_due()
+        await spool.mark_submitted(jobs[0].id, "u0", ("u0",), 200.0)
+        await spool.apply_receipt(("u0",), JobState.DELIVERED, {"stat": "DELIVRD"}, 201.0)
+        await spool.apply_receipt(("early",), JobState.DELIVERED, {"stat": "DELIVRD"}, 201.0)
+        await spool.mark_final(jobs[1].id, JobState.REJECTED, "bad", 202.0)
+        await spool.mark_retry(jobs[2].id, 300.0, "later")
+        await spool.request_status("id-1")
+        await spool.request_error("id-1")
+        assert await spool.requeue("id-1", 203.0, 3600.0) == 1
+        assert await spool.cancel("id-7", 204.0) == 1
+        mails = await spool.claim_mails(5, now=200.0)
+        await spool.next_mail_due()
+        await spool.mark_mail_sent(mails[0].id, 205.0)
+        await spool._do(lambda conn: conn.set_trace_callback(None))
+        await spool.counts()  # on a reader: a full count by design, off the writer thread
+    finally:
+        await spool.close()
+    checked = [s for s in statements if s.split()[0].upper() in ("SELECT", "UPDATE", "DELETE")]
+    assert len(checked) > 15
+    conn = sqlite3.connect(path)
+    try:
+        bad = {s: steps for s in checked if (steps := _bad_steps(conn, s))}
+    finally:
+        conn.close()
+    assert not bad, bad
+
+
+async def test_counts_reads_beside_a_busy_writer(tmp_path: Path) -> None:
+    """counts() runs on its own read connection: right while stores are being committed."""
+    spool = SqliteSpool(tmp_path / "spool.db")
+    await spool.open()
+    try:
+        stores = [spool.store(_request(i)) for i in range(300)]
+        counted, *_ = await asyncio.gather(spool.counts(), *stores)
+        assert 0 <= counted["queued"] <= 300
+        assert (await spool.counts())["queued"] == 300
+    finally:
+        await spool.close()
+    with pytest.raises(SpoolError):
+        await spool.counts()
