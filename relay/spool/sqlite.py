@@ -705,14 +705,17 @@ class SqliteSpool:
 
     async def last_sent_to(self, phone: str, since: float) -> SentMessage | None:
         def op(conn: sqlite3.Connection) -> SentMessage | None:
+            # The newest job sent to the phone, then its age: with `r.created >= ?` in the
+            # WHERE, a phone last written to before `since` had its whole history walked
+            # (jobs_phone, newest first) on every MO. Job ids grow with time, so an older
+            # job cannot be newer than the newest one.
             row = conn.execute(
                 "SELECT j.request_pk, j.entry, r.request_id, r.login, r.mail_from, r.created"
                 " FROM jobs j JOIN requests r ON r.pk = j.request_pk"
-                " WHERE j.phone = ? AND j.upstream_id != '' AND r.created >= ?"
-                " ORDER BY j.id DESC LIMIT 1",
-                (phone, since),
+                " WHERE j.phone = ? AND j.upstream_id != '' ORDER BY j.id DESC LIMIT 1",
+                (phone,),
             ).fetchone()
-            if row is None:
+            if row is None or row[5] < since:
                 return None
             submits = tuple(
                 submit_from_json(r[0])

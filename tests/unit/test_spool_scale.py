@@ -18,6 +18,7 @@ from relay.errors import SpoolError
 from relay.smpp.model import SubmitSm
 from relay.spool.model import JobState, NewJob, NewMail, NewRequest
 from relay.spool.sqlite import SqliteSpool
+from tests.postgres import SpoolStore
 
 
 def _request(i: int) -> NewRequest:
@@ -141,3 +142,22 @@ async def test_counts_reads_beside_a_busy_writer(tmp_path: Path) -> None:
         await spool.close()
     with pytest.raises(SpoolError):
         await spool.counts()
+
+
+async def test_last_sent_to_is_the_newest_sent_job_within_the_window(
+    spool_store: SpoolStore,
+) -> None:
+    spool = spool_store.make()
+    await spool.open()
+    try:
+        for i, created in enumerate((100.0, 200.0, 300.0)):
+            await spool.store(replace(_request(i), created=created))
+        first, second, _third = await spool.claim(3, now=400.0)
+        await spool.mark_submitted(first.id, "A", ("A",), 401.0)
+        await spool.mark_submitted(second.id, "B", ("B",), 402.0)
+        sent = await spool.last_sent_to("+79161234567", 150.0)
+        assert sent is not None and sent.request_id == "id-1"  # the third is not sent
+        assert await spool.last_sent_to("+79161234567", 250.0) is None
+        assert await spool.last_sent_to("+79160000000", 0.0) is None
+    finally:
+        await spool.close()
