@@ -21,7 +21,8 @@ def _dump(path: Path) -> dict[str, list[tuple[object, ...]]]:
     conn = sqlite3.connect(path)
     try:
         tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        return {t: conn.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall() for t in tables}
+        # Every row of every table, in a fixed order (some tables have no rowid to order by).
+        return {t: sorted(conn.execute(f"SELECT * FROM {t}"), key=repr) for t in tables}
     finally:
         conn.close()
 
