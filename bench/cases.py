@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import hashlib
 import sqlite3
 import statistics
 import time
@@ -92,10 +93,12 @@ def prefill_template(workdir: Path) -> NewRequest:
 
 
 def prefill_key(i: int) -> str:
-    """A key shaped like the front's (`uuid4().hex:n`) and, like those, spread over the key
-    space (an odd multiplier is a bijection mod 2**128), so that the 1 000 000 keys make the
-    unique index as deep and the relay's new keys land in it as scattered as in production."""
-    return f"{(i * 0x9E3779B97F4A7C15F39CC0605CEDC835) % (1 << 128):032x}:0"
+    """A key shaped like the front's (`<16 hex drawn at start>-<hex counter>:<n>`), as if the
+    backlog had been accepted over several runs of the relay, 100 000 mails each, so that the
+    unique index holds as many clusters as restarts and the relay's new keys form one more."""
+    run, seq = divmod(i, 100_000)
+    prefix = hashlib.blake2b(run.to_bytes(8, "big"), digest_size=8).hexdigest()
+    return f"{prefix}-{seq + 1:x}:0"
 
 
 def prefill_request(template: NewRequest, i: int, destinations: int) -> NewRequest:
