@@ -23,6 +23,7 @@ from typing import Any, Literal, TypeVar
 from relay.config import LimitsConfig
 from relay.errors import ErrorCode, SpoolError
 from relay.rates import MINUTE, RateCheck, Usage, active, first_exceeded, utc_day
+from relay.spool.checkpoint import Checkpointer
 from relay.spool.model import (
     Admission,
     Callback,
@@ -49,7 +50,9 @@ log = logging.getLogger("relay.spool")
 T = TypeVar("T")
 _Op = Callable[[sqlite3.Connection], Any]
 
-SCHEMA_VERSION = 3  # 2: the SPEC §5 protection tables; 3: notices, callbacks (added in place)
+# 2: the SPEC §5 protection tables; 3: notices, callbacks; 4: mails_state, callbacks_state
+# (each added in place by CREATE … IF NOT EXISTS at open)
+SCHEMA_VERSION = 4
 _BATCH_MAX = 512
 
 _SCHEMA = """
@@ -193,6 +196,10 @@ CREATE TABLE IF NOT EXISTS ip_blocks (
     until REAL NOT NULL,
     notified INTEGER NOT NULL
 );
+-- Issue 9 (scale): sent mails and callbacks stay in their tables; recover() and counts() look
+-- rows up by state here instead of reading every row (and its body) of the whole history.
+CREATE INDEX IF NOT EXISTS mails_state ON mails(state);
+CREATE INDEX IF NOT EXISTS callbacks_state ON callbacks(state);
 """
 
 
@@ -219,6 +226,7 @@ class SqliteSpool:
         self._ops: queue.SimpleQueue[tuple[_Op, asyncio.Future[Any]] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._checkpointer = Checkpointer(self._path)
         self._reader: sqlite3.Connection | None = None  # read-only, used on the event loop
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -231,6 +239,7 @@ class SqliteSpool:
         )
         self._thread.start()
         await ready
+        self._checkpointer.start()
         self._reader = self._open_reader()
 
     def _open_reader(self) -> sqlite3.Connection | None:
@@ -251,6 +260,7 @@ class SqliteSpool:
             self._reader = None
         if self._thread is None:
             return
+        await asyncio.to_thread(self._checkpointer.stop)
         self._ops.put(None)
         await asyncio.to_thread(self._thread.join)
         self._thread = None
@@ -264,6 +274,8 @@ class SqliteSpool:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=10000")
+        # Checkpoints run in their own thread, never inside a COMMIT here (checkpoint.py).
+        conn.execute("PRAGMA wal_autocheckpoint=0")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.executescript(_SCHEMA)
         # The counts start from the rows (a spool from before the counts, or a crash between
@@ -735,14 +747,17 @@ class SqliteSpool:
 
     async def last_sent_to(self, phone: str, since: float) -> SentMessage | None:
         def op(conn: sqlite3.Connection) -> SentMessage | None:
+            # The newest job sent to the phone, then its age: with `r.created >= ?` in the
+            # WHERE, a phone last written to before `since` had its whole history walked
+            # (jobs_phone, newest first) on every MO. Job ids grow with time, so an older
+            # job cannot be newer than the newest one.
             row = conn.execute(
                 "SELECT j.request_pk, j.entry, r.request_id, r.login, r.mail_from, r.created"
                 " FROM jobs j JOIN requests r ON r.pk = j.request_pk"
-                " WHERE j.phone = ? AND j.upstream_id != '' AND r.created >= ?"
-                " ORDER BY j.id DESC LIMIT 1",
-                (phone, since),
+                " WHERE j.phone = ? AND j.upstream_id != '' ORDER BY j.id DESC LIMIT 1",
+                (phone,),
             ).fetchone()
-            if row is None:
+            if row is None or row[5] < since:
                 return None
             submits = tuple(
                 submit_from_json(r[0])
@@ -784,7 +799,24 @@ class SqliteSpool:
                 out[f"callback_{state}"] = n
             return out
 
-        return await self._do(op)
+        # Counting walks the whole jobs_state index (≈85 ms at 1 000 000 jobs): in the writer
+        # thread that would hold every commit, and so every `250`, back at each metrics scrape.
+        # A WAL reader of its own neither waits for the writer nor blocks it.
+        return await asyncio.to_thread(self._read, op)
+
+    def _read(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read-only `op` in one read transaction on a connection of its own."""
+        if self._thread is None:
+            raise SpoolError("spool is not open")
+        try:
+            conn = sqlite3.connect(self._path, isolation_level=None)
+            try:
+                conn.execute("BEGIN")  # one snapshot for all of op's statements
+                return op(conn)
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise SpoolError(f"spool read failed: {exc}") from exc
 
     async def request_status(self, request_id: str) -> list[JobView]:
         def op(conn: sqlite3.Connection) -> list[JobView]:
@@ -836,8 +868,10 @@ class SqliteSpool:
 
     async def requeue(self, request_id: str, now: float, validity: float) -> int:
         def op(conn: sqlite3.Connection) -> int:
+            # INDEXED BY: the planner's default, jobs_state, walks every job in those states.
             return conn.execute(
-                "UPDATE jobs SET state = 'queued', attempts = 0, not_before = ?, expires_at = ?,"
+                "UPDATE jobs INDEXED BY jobs_request"
+                " SET state = 'queued', attempts = 0, not_before = ?, expires_at = ?,"
                 " error = '', upstream_id = '', receipt = '', updated = ?"
                 " WHERE state IN (?, ?, ?, ?) AND request_pk IN"
                 " (SELECT pk FROM requests WHERE request_id = ?)",
@@ -850,9 +884,11 @@ class SqliteSpool:
         def op(conn: sqlite3.Connection) -> int:
             ids = [
                 r[0]
+                # INDEXED BY: the planner's default, jobs_state, walks every queued job
+                # (330 ms with 1 000 000 queued; 0.1 ms through the request's own jobs).
                 for r in conn.execute(
-                    "SELECT id FROM jobs WHERE state = 'queued' AND request_pk IN"
-                    " (SELECT pk FROM requests WHERE request_id = ?)",
+                    "SELECT id FROM jobs INDEXED BY jobs_request WHERE state = 'queued'"
+                    " AND request_pk IN (SELECT pk FROM requests WHERE request_id = ?)",
                     (request_id,),
                 )
             ]
