@@ -15,7 +15,7 @@ from pathlib import Path
 from bench import cases, load
 from bench.procs import Procs
 
-NAMES = ("ingest", "drain", "latency", "throttled", "parser", "scale")
+NAMES = ("ingest", "drain", "latency", "throttled", "parser", "scale", "peers")
 SMOKE_DEFAULT = ("ingest", "drain", "latency", "throttled", "parser")
 
 
@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                         if "ingest" not in empty or "drain" not in empty:
                             raise RuntimeError("scale needs ingest and drain run first")
                         cases.scale(s, procs, empty["ingest"], empty["drain"])
+                    elif name == "peers":
+                        cases.peers(s, procs)
             except Exception:
                 failures += 1
                 say(f"ERROR {name}: benchmark could not run:\n{traceback.format_exc()}")

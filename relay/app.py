@@ -63,6 +63,8 @@ def intake_rules(cfg: RelayConfig) -> IntakeRules:
         reply_sender=cfg.replies.sender,
         hostname=smtp_hostname(cfg),
         replies_enabled=cfg.replies.enabled,
+        # Forwarded by the reply mailer: with replies off there is nothing to forward it by.
+        postmaster=cfg.smtp.postmaster if cfg.replies.enabled else "",
         limits=cfg.limits,
     )
 

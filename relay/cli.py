@@ -291,10 +291,10 @@ async def _status(cfg: RelayConfig, request_id: str, as_json: bool) -> int:
     """Per message (recipient) its state derived from all parts, then each part (SPEC §9)."""
     from dataclasses import asdict
 
-    from relay.spool import spool_for_url
+    from relay.spool import spool_for_config
     from relay.spool.model import message_state
 
-    spool = spool_for_url(cfg.spool.url)
+    spool = spool_for_config(cfg)
     await spool.open()
     try:
         jobs = await spool.request_status(request_id)
@@ -361,9 +361,9 @@ async def _queue(cfg: RelayConfig, as_json: bool) -> int:
     """Jobs and mails by state, and the oldest due job's time (how late the spool is)."""
     import time
 
-    from relay.spool import spool_for_url
+    from relay.spool import spool_for_config
 
-    spool = spool_for_url(cfg.spool.url)
+    spool = spool_for_config(cfg)
     await spool.open()
     try:
         counts = await spool.counts()
@@ -389,9 +389,9 @@ async def _queue(cfg: RelayConfig, as_json: bool) -> int:
 async def _retry(cfg: RelayConfig, request_id: str) -> int:
     import time
 
-    from relay.spool import spool_for_url
+    from relay.spool import spool_for_config
 
-    spool = spool_for_url(cfg.spool.url)
+    spool = spool_for_config(cfg)
     await spool.open()
     try:
         if await spool.request_error(request_id) is None:
@@ -413,9 +413,9 @@ async def _retry(cfg: RelayConfig, request_id: str) -> int:
 async def _cancel(cfg: RelayConfig, request_id: str) -> int:
     import time
 
-    from relay.spool import spool_for_url
+    from relay.spool import spool_for_config
 
-    spool = spool_for_url(cfg.spool.url)
+    spool = spool_for_config(cfg)
     await spool.open()
     try:
         if await spool.request_error(request_id) is None:
@@ -513,9 +513,9 @@ async def _follow(cfg: RelayConfig, request_id: str, wait: float) -> int:
     import time
 
     from relay.errors import ErrorCode
-    from relay.spool import spool_for_url
+    from relay.spool import spool_for_config
 
-    spool = spool_for_url(cfg.spool.url)
+    spool = spool_for_config(cfg)
     await spool.open()
     try:
         error = await spool.request_error(request_id)

@@ -48,6 +48,10 @@ class SmtpConfig(_Section):
     auth_plain_loopback: bool = False
     # Implicit-TLS port (RFC 8314, "smtps"); 0: none. Needs tls_cert/tls_key.
     tls_port: int = Field(0, ge=0, le=65535)
+    # RFC 5321 §4.5.1: mail to postmaster@<domain> (and bare <postmaster>) is accepted and
+    # forwarded to this address through replies.smarthost; "postmaster" alone is the
+    # smarthost's own postmaster. Empty: refused with 550.
+    postmaster: str = "postmaster"
 
     @field_validator("domains")
     @classmethod

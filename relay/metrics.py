@@ -12,7 +12,6 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -32,9 +31,6 @@ from relay.worker import DispatchCounters
 
 log = logging.getLogger("relay.metrics")
 
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-# Accept → submit_sm_resp includes queueing, retries and outages: seconds up to hours.
-END_TO_END_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 BIND_STATES = ("down", "connecting", "binding", "bound", "unbinding", "stopped")
 
 
@@ -52,27 +48,6 @@ class BindView(Protocol):
 
     @property
     def reconnects(self) -> int: ...
-
-
-@dataclass
-class _Histogram:
-    buckets: list[float]
-    counts: list[int]
-    total: float = 0.0
-    n: int = 0
-
-    def observe_all(self, values: Iterable[float]) -> None:
-        for v in values:
-            self.n += 1
-            self.total += v
-            for i, b in enumerate(self.buckets):
-                if v <= b:
-                    self.counts[i] += 1
-
-    def add_to(self, family: HistogramMetricFamily) -> None:
-        pairs = zip(self.buckets, self.counts, strict=True)
-        cumulative = [(str(b), c) for b, c in pairs]
-        family.add_metric([], [*cumulative, ("+Inf", self.n)], self.total)
 
 
 class RelayCollector(Collector):
@@ -96,8 +71,6 @@ class RelayCollector(Collector):
         self.links = links
         self.spool_depth: dict[str, int] = {}  # refreshed by the HTTP handler before a scrape
         self.oldest_due: float | None = None  # not_before of the earliest queued job
-        self._latency = _Histogram(list(LATENCY_BUCKETS), [0] * len(LATENCY_BUCKETS))
-        self._end_to_end = _Histogram(list(END_TO_END_BUCKETS), [0] * len(END_TO_END_BUCKETS))
 
     def collect(self) -> Iterable[Metric]:
         p = "sms_relay_"
@@ -137,17 +110,15 @@ class RelayCollector(Collector):
         for stat, n in sorted(self.dispatch.receipts.items()):
             receipts.add_metric([stat], n)
         yield receipts
-        lat, self.dispatch.latencies[:] = list(self.dispatch.latencies), []
-        self._latency.observe_all(lat)
+        lat = self.dispatch.latency
         hist = HistogramMetricFamily(p + "submit_latency_seconds", "submit_sm → submit_sm_resp")
-        self._latency.add_to(hist)
+        hist.add_metric([], lat.cumulative(), lat.total)
         yield hist
-        e2e, self.dispatch.end_to_end[:] = list(self.dispatch.end_to_end), []
-        self._end_to_end.observe_all(e2e)
+        e2e = self.dispatch.end_to_end
         hist = HistogramMetricFamily(
             p + "end_to_end_seconds", "Mail accepted (250) → submit_sm_resp OK, per SMS part"
         )
-        self._end_to_end.add_to(hist)
+        hist.add_metric([], e2e.cumulative(), e2e.total)
         yield hist
         depth = GaugeMetricFamily(p + "spool_jobs", "Spooled SMS jobs by state", labels=["state"])
         for state, n in sorted(self.spool_depth.items()):

@@ -7,6 +7,7 @@ import hmac
 import secrets
 import threading
 from collections import OrderedDict
+from typing import Protocol
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -22,6 +23,16 @@ def hash_password(password: str) -> str:
 
 def is_hashed(stored: str) -> bool:
     return stored.startswith(HASH_PREFIX)
+
+
+class Verifier(Protocol):
+    """What the pipeline needs of a password checker."""
+
+    def verify(self, stored: str, presented: str) -> bool: ...
+
+
+class NotCached(Exception):
+    """`CachedOnly.verify` cannot answer without running argon2."""
 
 
 class _Verification:
@@ -48,15 +59,31 @@ class PasswordChecker:
         self._lock = threading.Lock()  # verify() runs in worker threads (asyncio.to_thread)
         self._hasher = PasswordHasher()
 
+    def _token(self, stored: str, presented: str) -> bytes:
+        return hmac.new(
+            self._key, stored.encode() + b"\0" + presented.encode("utf-8"), hashlib.sha256
+        ).digest()
+
+    def known(self, stored: str, presented: str) -> bool | None:
+        """The answer `verify` would give when it needs no argon2 run; None when it does."""
+        if not stored:
+            return False
+        if not is_hashed(stored):
+            return hmac.compare_digest(stored.encode("utf-8"), presented.encode("utf-8"))
+        token = self._token(stored, presented)
+        with self._lock:
+            if token in self._ok:
+                self._ok.move_to_end(token)
+                return True
+        return None
+
     def verify(self, stored: str, presented: str) -> bool:
         if not stored:
             return False
         if not is_hashed(stored):
             # Plain passwords are for tests and dry runs; still compared in constant time.
             return hmac.compare_digest(stored.encode("utf-8"), presented.encode("utf-8"))
-        token = hmac.new(
-            self._key, stored.encode() + b"\0" + presented.encode("utf-8"), hashlib.sha256
-        ).digest()
+        token = self._token(stored, presented)
         with self._lock:
             if token in self._ok:
                 self._ok.move_to_end(token)
@@ -86,3 +113,20 @@ class PasswordChecker:
                 del self._running[token]
             running.done.set()
         return running.ok
+
+
+class CachedOnly:
+    """A checker's answers that cost no argon2 run; `NotCached` for the others.
+
+    The SMTP front runs the pipeline on the event loop with this (a cached success costs one
+    HMAC) and falls back to a worker thread with the real checker when it raises.
+    """
+
+    def __init__(self, checker: PasswordChecker) -> None:
+        self._checker = checker
+
+    def verify(self, stored: str, presented: str) -> bool:
+        answer = self._checker.known(stored, presented)
+        if answer is None:
+            raise NotCached
+        return answer

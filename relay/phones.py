@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -31,6 +32,9 @@ def _split(tokens: Iterable[str]) -> list[str]:
     return [t for t in out if t]
 
 
+# Pure and slow (libphonenumber ≈60 µs per number), while the same few numbers recur on every
+# alert: remembered per (token, region). Refusals raise, so they are never cached.
+@functools.lru_cache(maxsize=4096)
 def normalize_number(token: str, region: str) -> str:
     """One written number → E.164 with '+' (SPEC §4); RejectError(PHONE_FORMAT) when impossible.
 

@@ -19,7 +19,7 @@ from relay.errors import ErrorCode, RejectError
 from relay.fields import parse_id
 from relay.grammar import parse_command
 from relay.mail import ParsedMail, command_text, parse_mail
-from relay.passwords import PasswordChecker
+from relay.passwords import Verifier
 from relay.protections import Policy, admission, counts_as_ip_failure, fingerprint
 from relay.replies import (
     error_text,
@@ -70,6 +70,7 @@ class IntakeRules:
     reply_sender: str
     hostname: str
     replies_enabled: bool = True
+    postmaster: str = ""  # where mail to postmaster@ is forwarded; "" = refused (RFC 5321 §4.5.1)
     limits: LimitsConfig = field(default_factory=LimitsConfig)  # SPEC §5 protections
     policy: Policy = field(init=False, repr=False, compare=False)  # compiled from `limits`
 
@@ -111,7 +112,7 @@ def process_command_mail(
     raw: bytes,
     env: Envelope,
     rules: IntakeRules,
-    checker: PasswordChecker,
+    checker: Verifier,
     *,
     now: float,
     new_id: Callable[[], str],

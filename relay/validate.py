@@ -19,7 +19,7 @@ from relay.fields import (
     parse_when,
 )
 from relay.grammar import Command
-from relay.passwords import PasswordChecker
+from relay.passwords import Verifier
 from relay.protections import Policy, check_destinations, check_text
 
 
@@ -50,7 +50,7 @@ class ValidRequest:
 def authenticate(
     cmd: Command,
     accounts: dict[str, AccountConfig],
-    checker: PasswordChecker,
+    checker: Verifier,
     client_ip: str,
 ) -> AccountConfig:
     """SPEC §4 login/psw (the password or the API key) and §5 allowed IPs → else ERROR 2."""

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 from relay.errors import SpoolError
+from relay.histogram import END_TO_END_BUCKETS, LATENCY_BUCKETS, Histogram
 from relay.smpp.model import DeliverSm, SubmitOutcome, SubmitSm
 from relay.smpp.receipt import id_keys
 from relay.spool import Spool
@@ -58,8 +59,8 @@ class DispatchCounters:
     undeliverable: int = 0
     receipts: dict[str, int] = field(default_factory=dict)
     mo_received: int = 0
-    latencies: list[float] = field(default_factory=list)  # drained by metrics
-    end_to_end: list[float] = field(default_factory=list)  # accept → submit_sm_resp; drained
+    latency: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
+    end_to_end: Histogram = field(default_factory=lambda: Histogram(END_TO_END_BUCKETS))
 
     def count_final(self, state: JobState | None) -> None:
         """A receipt made a submitted job final: count it by its new state."""
@@ -264,7 +265,7 @@ class Dispatcher:
         except (ConnectionError, TimeoutError, OSError) as exc:
             await self._retry(job, f"{type(exc).__name__}: {exc}")
             return False
-        self.counters.latencies.append(time.monotonic() - started)
+        self.counters.latency.observe(time.monotonic() - started)
         self.counters.throttled += outcome.throttled
         status = outcome.command_status
         if status == 0:
@@ -338,7 +339,7 @@ class Dispatcher:
         final = False
         for (job, _), state in zip(batch, states, strict=True):
             if job.created:
-                counters.end_to_end.append(max(0.0, now - job.created))
+                counters.end_to_end.observe(max(0.0, now - job.created))
             if state.final:  # a receipt that came before this response was applied now
                 counters.count_final(state)
                 final = True

@@ -224,12 +224,25 @@ async def _v5_nodes(conn: AsyncConnection[Any]) -> None:
     )
 
 
+async def _v6_state_indexes(conn: AsyncConnection[Any]) -> None:
+    """Issue 9 (scale): sent mails and callbacks stay in their tables; `counts()` (metrics,
+    `sms-relay queue`) groups them by state from these indexes, not from every row's body."""
+    await _run(
+        conn,
+        """
+        CREATE INDEX mails_state ON mails(state);
+        CREATE INDEX callbacks_state ON callbacks(state)
+        """,
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "spool tables", _v1_tables),
     Migration(2, "leases for several nodes", _v2_leases),
     Migration(3, "notices and callbacks (issue 8)", _v3_notices),
     Migration(4, "rate guards (issue 6) across nodes", _v4_rates),
     Migration(5, "node heartbeats (shared throughput)", _v5_nodes),
+    Migration(6, "state indexes of mails and callbacks (issue 9)", _v6_state_indexes),
 )
 LATEST = MIGRATIONS[-1].version
 

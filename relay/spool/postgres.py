@@ -776,15 +776,15 @@ class PostgresSpool:
 
     async def last_sent_to(self, phone: str, since: float) -> SentMessage | None:
         async def op(cur: _Cursor) -> SentMessage | None:
+            # The newest job sent to the phone, then its age (see SqliteSpool.last_sent_to).
             await cur.execute(
                 "SELECT j.request_pk, j.entry, r.request_id, r.login, r.mail_from, r.created"
                 " FROM jobs j JOIN requests r ON r.pk = j.request_pk"
-                " WHERE j.phone = %s AND j.upstream_id <> '' AND r.created >= %s"
-                " ORDER BY j.id DESC LIMIT 1",
-                (phone, since),
+                " WHERE j.phone = %s AND j.upstream_id <> '' ORDER BY j.id DESC LIMIT 1",
+                (phone,),
             )
             row = await cur.fetchone()
-            if row is None:
+            if row is None or row[5] < since:
                 return None
             await cur.execute(
                 "SELECT submit FROM jobs WHERE request_pk = %s AND entry = %s AND phone = %s"

@@ -23,6 +23,7 @@ from typing import Any, Literal, TypeVar
 from relay.config import LimitsConfig
 from relay.errors import ErrorCode, SpoolError
 from relay.rates import MINUTE, RateCheck, Usage, active, first_exceeded, utc_day
+from relay.spool.checkpoint import Checkpointer
 from relay.spool.model import (
     Admission,
     Callback,
@@ -50,7 +51,9 @@ log = logging.getLogger("relay.spool")
 T = TypeVar("T")
 _Op = Callable[[sqlite3.Connection], Any]
 
-SCHEMA_VERSION = 3  # 2: the SPEC §5 protection tables; 3: notices, callbacks (added in place)
+# 2: the SPEC §5 protection tables; 3: notices, callbacks; 4: mails_state, callbacks_state
+# (each added in place by CREATE … IF NOT EXISTS at open)
+SCHEMA_VERSION = 4
 _BATCH_MAX = 512
 
 _SCHEMA = """
@@ -124,6 +127,18 @@ CREATE INDEX IF NOT EXISTS mails_queued ON mails(not_before, id) WHERE state = '
 CREATE TABLE IF NOT EXISTS fingerprints (fp TEXT NOT NULL, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS fingerprints_fp ON fingerprints(fp, at);
 CREATE INDEX IF NOT EXISTS fingerprints_at ON fingerprints(at);
+-- How many rows each fingerprint has, kept by triggers: the duplicate check reads one row instead
+-- of counting the window's rows (thousands under a burst of one alert: O(n) per mail).
+CREATE TABLE IF NOT EXISTS fingerprint_counts (fp TEXT PRIMARY KEY, n INTEGER NOT NULL)
+    WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS fingerprints_counted AFTER INSERT ON fingerprints BEGIN
+    INSERT INTO fingerprint_counts(fp, n) VALUES (new.fp, 1)
+        ON CONFLICT(fp) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS fingerprints_uncounted AFTER DELETE ON fingerprints BEGIN
+    UPDATE fingerprint_counts SET n = n - 1 WHERE fp = old.fp;
+    DELETE FROM fingerprint_counts WHERE fp = old.fp AND n <= 0;
+END;
 CREATE TABLE IF NOT EXISTS flood (
     dest TEXT PRIMARY KEY,
     streak INTEGER NOT NULL,
@@ -182,6 +197,10 @@ CREATE TABLE IF NOT EXISTS ip_blocks (
     until REAL NOT NULL,
     notified INTEGER NOT NULL
 );
+-- Issue 9 (scale): sent mails and callbacks stay in their tables; recover() and counts() look
+-- rows up by state here instead of reading every row (and its body) of the whole history.
+CREATE INDEX IF NOT EXISTS mails_state ON mails(state);
+CREATE INDEX IF NOT EXISTS callbacks_state ON callbacks(state);
 """
 
 
@@ -208,6 +227,8 @@ class SqliteSpool:
         self._ops: queue.SimpleQueue[tuple[_Op, asyncio.Future[Any]] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._checkpointer = Checkpointer(self._path)
+        self._reader: sqlite3.Connection | None = None  # read-only, used on the event loop
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -219,10 +240,28 @@ class SqliteSpool:
         )
         self._thread.start()
         await ready
+        self._checkpointer.start()
+        self._reader = self._open_reader()
+
+    def _open_reader(self) -> sqlite3.Connection | None:
+        """A second connection for the front's per-mail IP-block check: a WAL reader never
+        waits for the writer, and one indexed SELECT (µs) is cheaper than two thread hops."""
+        try:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA query_only=ON")
+            conn.execute("PRAGMA busy_timeout=0")  # never block the event loop: fall back
+        except sqlite3.Error as exc:
+            log.warning("no read connection to the spool, checks go through the writer: %s", exc)
+            return None
+        return conn
 
     async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         if self._thread is None:
             return
+        await asyncio.to_thread(self._checkpointer.stop)
         self._ops.put(None)
         await asyncio.to_thread(self._thread.join)
         self._thread = None
@@ -236,8 +275,19 @@ class SqliteSpool:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=10000")
+        # Checkpoints run in their own thread, never inside a COMMIT here (checkpoint.py).
+        conn.execute("PRAGMA wal_autocheckpoint=0")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.executescript(_SCHEMA)
+        # The counts start from the rows (a spool from before the counts, or a crash between
+        # the schema statements above): a few thousand rows at most, once per start.
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("DELETE FROM fingerprint_counts")
+        conn.execute(
+            "INSERT INTO fingerprint_counts(fp, n)"
+            " SELECT fp, COUNT(*) FROM fingerprints GROUP BY fp"
+        )
+        conn.execute("COMMIT")
         conn.execute(
             "INSERT OR REPLACE INTO meta(name, value) VALUES ('schema_version', ?)",
             (str(SCHEMA_VERSION),),
@@ -377,11 +427,15 @@ class SqliteSpool:
         return await self._do(op) if batch else []
 
     async def ip_blocked(self, client_ip: str, now: float) -> bool:
+        sql = "SELECT 1 FROM ip_blocks WHERE ip = ? AND until > ?"
+        if self._reader is not None:
+            try:
+                return self._reader.execute(sql, (client_ip, now)).fetchone() is not None
+            except sqlite3.Error:
+                pass  # busy (a WAL recovery) or broken: ask the writer thread instead
+
         def op(conn: sqlite3.Connection) -> bool:
-            row = conn.execute(
-                "SELECT 1 FROM ip_blocks WHERE ip = ? AND until > ?", (client_ip, now)
-            ).fetchone()
-            return row is not None
+            return conn.execute(sql, (client_ip, now)).fetchone() is not None
 
         return await self._do(op)
 
@@ -713,14 +767,17 @@ class SqliteSpool:
 
     async def last_sent_to(self, phone: str, since: float) -> SentMessage | None:
         def op(conn: sqlite3.Connection) -> SentMessage | None:
+            # The newest job sent to the phone, then its age: with `r.created >= ?` in the
+            # WHERE, a phone last written to before `since` had its whole history walked
+            # (jobs_phone, newest first) on every MO. Job ids grow with time, so an older
+            # job cannot be newer than the newest one.
             row = conn.execute(
                 "SELECT j.request_pk, j.entry, r.request_id, r.login, r.mail_from, r.created"
                 " FROM jobs j JOIN requests r ON r.pk = j.request_pk"
-                " WHERE j.phone = ? AND j.upstream_id != '' AND r.created >= ?"
-                " ORDER BY j.id DESC LIMIT 1",
-                (phone, since),
+                " WHERE j.phone = ? AND j.upstream_id != '' ORDER BY j.id DESC LIMIT 1",
+                (phone,),
             ).fetchone()
-            if row is None:
+            if row is None or row[5] < since:
                 return None
             submits = tuple(
                 submit_from_json(r[0])
@@ -762,7 +819,24 @@ class SqliteSpool:
                 out[f"callback_{state}"] = n
             return out
 
-        return await self._do(op)
+        # Counting walks the whole jobs_state index (≈85 ms at 1 000 000 jobs): in the writer
+        # thread that would hold every commit, and so every `250`, back at each metrics scrape.
+        # A WAL reader of its own neither waits for the writer nor blocks it.
+        return await asyncio.to_thread(self._read, op)
+
+    def _read(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read-only `op` in one read transaction on a connection of its own."""
+        if self._thread is None:
+            raise SpoolError("spool is not open")
+        try:
+            conn = sqlite3.connect(self._path, isolation_level=None)
+            try:
+                conn.execute("BEGIN")  # one snapshot for all of op's statements
+                return op(conn)
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise SpoolError(f"spool read failed: {exc}") from exc
 
     async def request_status(self, request_id: str) -> list[JobView]:
         def op(conn: sqlite3.Connection) -> list[JobView]:
@@ -814,8 +888,10 @@ class SqliteSpool:
 
     async def requeue(self, request_id: str, now: float, validity: float) -> int:
         def op(conn: sqlite3.Connection) -> int:
+            # INDEXED BY: the planner's default, jobs_state, walks every job in those states.
             return conn.execute(
-                "UPDATE jobs SET state = 'queued', attempts = 0, not_before = ?, expires_at = ?,"
+                "UPDATE jobs INDEXED BY jobs_request"
+                " SET state = 'queued', attempts = 0, not_before = ?, expires_at = ?,"
                 " error = '', upstream_id = '', receipt = '', updated = ?"
                 " WHERE state IN (?, ?, ?, ?) AND request_pk IN"
                 " (SELECT pk FROM requests WHERE request_id = ?)",
@@ -828,9 +904,11 @@ class SqliteSpool:
         def op(conn: sqlite3.Connection) -> int:
             ids = [
                 r[0]
+                # INDEXED BY: the planner's default, jobs_state, walks every queued job
+                # (330 ms with 1 000 000 queued; 0.1 ms through the request's own jobs).
                 for r in conn.execute(
-                    "SELECT id FROM jobs WHERE state = 'queued' AND request_pk IN"
-                    " (SELECT pk FROM requests WHERE request_id = ?)",
+                    "SELECT id FROM jobs INDEXED BY jobs_request WHERE state = 'queued'"
+                    " AND request_pk IN (SELECT pk FROM requests WHERE request_id = ?)",
                     (request_id,),
                 )
             ]
@@ -1126,13 +1204,14 @@ def _admit(
         if streak > limits.flood_count:
             return int(ErrorCode.UNDELIVERABLE)
         streaks[dest] = (streak, now)
-    # Duplicates: at most duplicate_allowed accepted requests per fingerprint per window.
+    # Duplicates: at most duplicate_allowed accepted requests per fingerprint per window. After
+    # the DELETE every row left is inside the window, so the kept count is the window's count.
     conn.execute("DELETE FROM fingerprints WHERE at <= ?", (now - limits.duplicate_window,))
     if adm.fingerprint:
-        (seen,) = conn.execute(
-            "SELECT COUNT(*) FROM fingerprints WHERE fp = ? AND at > ?",
-            (adm.fingerprint, now - limits.duplicate_window),
+        row = conn.execute(
+            "SELECT n FROM fingerprint_counts WHERE fp = ?", (adm.fingerprint,)
         ).fetchone()
+        seen = int(row[0]) if row else 0
         if seen >= limits.duplicate_allowed:
             return int(ErrorCode.DUPLICATE)
     # Balance in SMS parts: initialised from the config the first time the account is seen,

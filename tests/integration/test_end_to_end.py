@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import smtplib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -297,3 +298,82 @@ async def test_reply_is_retried_until_the_smarthost_comes_up(tmp_path: Path) -> 
     finally:
         await asyncio.to_thread(relay.stop)
         await smsc.stop()
+
+
+def _raw_smtp(port: int, lines: list[str]) -> list[str]:
+    """A raw SMTP dialogue (each line's first answer line), for addresses smtplib won't send."""
+    import socket
+
+    answers: list[str] = []
+    with socket.create_connection(("127.0.0.1", port), 10) as s:
+        f = s.makefile("rb")
+
+        def answer() -> str:
+            first = f.readline().decode()
+            line = first
+            while line[3:4] == "-":
+                line = f.readline().decode()
+            return first[:3] + line[3:].rstrip()
+
+        answers.append(answer())
+        for cmd in lines:
+            s.sendall(cmd.encode() + b"\r\n")
+            answers.append(answer())
+    return answers
+
+
+async def test_postmaster_is_accepted_and_forwarded_alone(stack: Stack) -> None:
+    """RFC 5321 §4.5.1: postmaster@<domain> and bare <postmaster> are accepted, any case, and
+    the mail goes to `smtp.postmaster` (default: the smarthost's own postmaster)."""
+    body = "Subject: bounce report\r\n\r\nyour relay bounced my mail\r\n"
+    refused = await asyncio.to_thread(
+        send_mail, stack.smtp_port, "admin@example.org", ["PostMaster@SMS.test"], body
+    )
+    assert refused == {}
+    [fwd] = await stack.sink.wait_for(1)
+    assert fwd.rcpt_tos == ["postmaster"]
+    assert fwd.mail_from == "admin@example.org"
+    assert fwd.message["Subject"] == "bounce report"
+    assert fwd.message["X-SMS-Relay-Postmaster"] == "sms.test"
+    assert "for <PostMaster@SMS.test>" in str(fwd.message["Received"])
+    assert fwd.data.endswith(b"your relay bounced my mail\r\n")
+    assert stack.smsc.received == []
+
+    answers = await asyncio.to_thread(
+        _raw_smtp,
+        stack.smtp_port,
+        [
+            "EHLO client.test",
+            "MAIL FROM:<admin@example.org>",
+            "RCPT TO:<Postmaster>",
+            "RCPT TO:<send@sms.test>",  # never in the same transaction as postmaster
+            "DATA",
+            "Subject: second\r\n\r\nhello\r\n.",
+            "MAIL FROM:<a@example.org>",
+            "RCPT TO:<send@sms.test>",
+            "RCPT TO:<postmaster@sms.test>",
+            "RSET",
+            "MAIL FROM:<a@example.org>",
+            "RCPT TO:<postmaster@other.test>",  # not our domain: not ours to accept
+            "QUIT",
+        ],
+    )
+    codes = [a[:3] for a in answers]
+    assert codes == [
+        "220", "250", "250", "250", "452", "354", "250",
+        "250", "250", "452", "250", "250", "550", "221",
+    ], answers  # fmt: skip
+    mails = await stack.sink.wait_for(2)
+    assert mails[1].rcpt_tos == ["postmaster"]
+    assert mails[1].message["Subject"] == "second"
+
+
+async def test_postmaster_mail_that_came_back_is_a_loop(stack: Stack) -> None:
+    looped = "X-SMS-Relay-Postmaster: sms.test\r\nSubject: again\r\n\r\nround and round\r\n"
+    with pytest.raises(smtplib.SMTPDataError) as err:
+        await asyncio.to_thread(
+            send_mail, stack.smtp_port, "a@example.org", ["postmaster@sms.test"], looped
+        )
+    assert err.value.smtp_code == 554
+    await asyncio.sleep(0.5)
+    assert stack.sink.mails == []

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from argon2 import PasswordHasher
 
-from relay.passwords import PasswordChecker, hash_password
+from relay.passwords import CachedOnly, NotCached, PasswordChecker, hash_password
 
 
 class CountingHasher(PasswordHasher):
@@ -50,3 +51,22 @@ def test_concurrent_wrong_password_refused_for_all_and_not_cached() -> None:
     assert 1 <= CountingHasher.runs <= 20
     runs = CountingHasher.runs
     assert not checker.verify(h, "guess") and CountingHasher.runs == runs + 1  # failures re-checked
+
+
+def test_cached_only_answers_without_argon2_or_raises() -> None:
+    h = hash_password("s3cret")
+    checker = PasswordChecker()
+    checker._hasher = CountingHasher()
+    CountingHasher.runs = 0
+    cached = CachedOnly(checker)
+    with pytest.raises(NotCached):
+        cached.verify(h, "s3cret")  # never verified yet: only argon2 can tell
+    with pytest.raises(NotCached):
+        cached.verify(h, "guess")  # failures are never cached
+    assert CountingHasher.runs == 0
+    assert checker.verify(h, "s3cret") and CountingHasher.runs == 1
+    assert cached.verify(h, "s3cret") and CountingHasher.runs == 1  # from the cache
+    with pytest.raises(NotCached):
+        cached.verify(h, "guess")
+    assert cached.verify("plain", "plain") and not cached.verify("plain", "other")
+    assert not cached.verify("", "anything")
