@@ -69,6 +69,7 @@ class PasswordChecker:
         if not stored:
             return False
         if not is_hashed(stored):
+            # Plain passwords are for tests and dry runs; still compared in constant time.
             return hmac.compare_digest(stored.encode("utf-8"), presented.encode("utf-8"))
         token = self._token(stored, presented)
         with self._lock:
@@ -78,15 +79,12 @@ class PasswordChecker:
         return None
 
     def verify(self, stored: str, presented: str) -> bool:
-        if not stored:
-            return False
-        if not is_hashed(stored):
-            # Plain passwords are for tests and dry runs; still compared in constant time.
-            return hmac.compare_digest(stored.encode("utf-8"), presented.encode("utf-8"))
+        answer = self.known(stored, presented)  # empty, plain (constant time) or cached
+        if answer is not None:
+            return answer
         token = self._token(stored, presented)
         with self._lock:
-            if token in self._ok:
-                self._ok.move_to_end(token)
+            if token in self._ok:  # another thread's verification finished meanwhile
                 return True
             running = self._running.get(token)
             if running is None:
