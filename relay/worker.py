@@ -28,7 +28,7 @@ from relay.histogram import END_TO_END_BUCKETS, LATENCY_BUCKETS, Histogram
 from relay.smpp.model import DeliverSm, SubmitOutcome, SubmitSm
 from relay.smpp.receipt import id_keys
 from relay.spool import Spool
-from relay.spool.model import RECEIPT_STATES, Job, JobState, MoMessage, Submitted
+from relay.spool.model import RECEIPT_APPLIED, RECEIPT_STATES, Job, JobState, MoMessage, Submitted
 
 log = logging.getLogger("relay.worker")
 
@@ -415,7 +415,7 @@ class Dispatcher:
         keys = id_keys(receipt.message_id, self.receipt_id_format)
         matched = await self.spool.apply_receipt(keys, state, asdict(receipt), self.clock())
         self.counters.receipts[receipt.stat] = self.counters.receipts.get(receipt.stat, 0) + 1
-        if matched:
+        if matched == RECEIPT_APPLIED:  # a repeated receipt is stored, not counted twice
             self.counters.count_final(state)
             self.on_notice()
         log.info(

@@ -109,7 +109,10 @@ class Spool(Protocol):
     async def apply_receipt(
         self, keys: tuple[str, ...], state: JobState | None, receipt: dict[str, Any], now: float
     ) -> int:
-        """Match a receipt to a submitted job by any of `keys`; keep it for later if none."""
+        """Match a receipt to a submitted job by any of `keys`; keep it for later if none.
+
+        Returns RECEIPT_KEPT (0, no job yet), RECEIPT_APPLIED (1) or RECEIPT_REPEATED (2: the
+        job was already final, as when an SMSC sends a receipt twice)."""
         ...
 
     async def store_mo(self, mo: MoMessage, now: float) -> int:

@@ -12,6 +12,11 @@ from relay.config import LimitsConfig
 from relay.rates import Exceeded, RateCheck, Usage, active, first_exceeded
 from relay.smpp.model import SubmitSm
 
+# What `Spool.apply_receipt` returns: kept for a job not yet known (SPEC §9: a receipt may come
+# before the submit_sm_resp), applied to a job, or matched to a job that was already final (an
+# SMSC that repeats receipts: stored, but not counted again).
+RECEIPT_KEPT, RECEIPT_APPLIED, RECEIPT_REPEATED = 0, 1, 2
+
 
 class JobState(enum.StrEnum):
     """SPEC §8 job states; the last four are final."""

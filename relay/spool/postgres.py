@@ -64,6 +64,8 @@ from relay.errors import ErrorCode, SpoolError
 from relay.rates import MINUTE, RateCheck, Usage, active, first_exceeded, utc_day
 from relay.spool.migrations import Migration, migrate, schema_version
 from relay.spool.model import (
+    RECEIPT_APPLIED,
+    RECEIPT_REPEATED,
     Admission,
     Callback,
     Job,
@@ -553,8 +555,12 @@ class PostgresSpool:
                     (keys[0], state.value if state else "", text, now),
                 )
                 return 0
-            await _apply(cur, int(row[0]), state.value if state else None, text, now)
-            return 1
+            job_id = int(row[0])
+            # The same locks `_apply` takes (re-taking them in one transaction is a no-op), so
+            # a receipt repeated on two nodes at once is "applied" on exactly one of them.
+            repeated = await _lock_job(cur, job_id) is True
+            await _apply(cur, job_id, state.value if state else None, text, now)
+            return RECEIPT_REPEATED if repeated else RECEIPT_APPLIED
 
         return await self._tx(op)
 

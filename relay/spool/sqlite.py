@@ -25,6 +25,8 @@ from relay.errors import ErrorCode, SpoolError
 from relay.rates import MINUTE, RateCheck, Usage, active, first_exceeded, utc_day
 from relay.spool.checkpoint import Checkpointer
 from relay.spool.model import (
+    RECEIPT_APPLIED,
+    RECEIPT_REPEATED,
     Admission,
     Callback,
     Job,
@@ -595,8 +597,10 @@ class SqliteSpool:
                     (keys[0], state.value if state else "", text, now),
                 )
                 return 0
-            _apply(conn, int(row[0]), state.value if state else None, text, now)
-            return 1
+            job_id = int(row[0])
+            repeated = _is_final(conn, job_id)
+            _apply(conn, job_id, state.value if state else None, text, now)
+            return RECEIPT_REPEATED if repeated else RECEIPT_APPLIED
 
         return await self._do(op)
 

@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from relay.smpp.model import SubmitSm
-from relay.spool.model import JobState, NewJob, NewMail, NewRequest, Submitted
+from relay.spool.model import (
+    RECEIPT_APPLIED,
+    RECEIPT_REPEATED,
+    JobState,
+    NewJob,
+    NewMail,
+    NewRequest,
+    Submitted,
+)
 from relay.spool.sqlite import SqliteSpool, sqlite_path
 from tests.postgres import SpoolStore
 
@@ -114,7 +122,12 @@ async def test_mark_submitted_many_marks_a_batch_and_applies_early_receipts(
             ("submitted", "CC"),
         ]
         # The keys were stored: a later receipt finds its job.
-        assert await spool.apply_receipt(("aa",), JobState.DELIVERED, {"stat": "DELIVRD"}, 203)
+        done = {"stat": "DELIVRD"}
+        assert await spool.apply_receipt(("aa",), JobState.DELIVERED, done, 203) == RECEIPT_APPLIED
+        assert (await spool.counts())["delivered"] == 1
+        # An SMSC that sends the receipt again: stored, told apart (so not counted twice).
+        again = await spool.apply_receipt(("aa",), JobState.DELIVERED, done, 204)
+        assert again == RECEIPT_REPEATED
         assert (await spool.counts())["delivered"] == 1
     finally:
         await spool.close()
