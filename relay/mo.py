@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 
+import phonenumbers
+
 from relay.sms import gsm7
 
 ESM_UDHI = 0x40
@@ -214,3 +216,42 @@ def may_mail(rcpt: str, *, own_domains: Sequence[str], sender: str) -> bool:
     if domain in {d.lower() for d in own_domains}:
         return False
     return rcpt.strip("<>").lower() != sender.strip("<>").lower()
+
+
+def sender_candidates(source_addr: str, regions: Sequence[str]) -> tuple[str, ...]:
+    """The E.164 numbers an MO sender address may stand for, the likeliest first.
+
+    SMSCs send the sender international without '+' (79161234567), with '+', or in national
+    format (89161234567, 9161234567 with TON 2): the number as international comes first, then
+    the number read as a national one of each region the accounts use, when that is a valid
+    number. The first one that the relay sent to within the reply window is the one answered.
+    """
+    written = source_addr.strip()
+    digits = written.removeprefix("+")
+    if not digits.isdigit():
+        return (written,)
+    international = "+" + digits
+    if written.startswith("+"):
+        return (international,)
+    found = [international]
+    for region in regions:
+        try:
+            number = phonenumbers.parse(digits, region.upper())
+        except phonenumbers.NumberParseException:
+            continue
+        if phonenumbers.is_valid_number(number):
+            e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+            if e164 not in found:
+                found.append(e164)
+    return tuple(found)
+
+
+def likeliest_sender(candidates: Sequence[str]) -> str:
+    """Of `sender_candidates`, the first that is a valid number (else the first)."""
+    for candidate in candidates:
+        try:
+            if phonenumbers.is_valid_number(phonenumbers.parse(candidate, None)):
+                return candidate
+        except phonenumbers.NumberParseException:
+            continue
+    return candidates[0]

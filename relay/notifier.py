@@ -165,8 +165,16 @@ class Notifier:
         if text is None:
             return NoticeOutcome(n.id)  # a part still missing: stored only, for now
         self.counters.mo += 1
-        phone = mo.source_addr if mo.source_addr.startswith("+") else "+" + mo.source_addr
-        sent = await self.spool.last_sent_to(phone, n.at - self.rules.mo.reply_window)
+        # The sender as the SMSC wrote it may be national (89161234567) where we sent to
+        # +79161234567: each reading of it is tried against what was sent.
+        regions = sorted({a.default_region for a in self.rules.accounts.values()})
+        candidates = mo_text.sender_candidates(mo.source_addr, regions)
+        phone, sent = mo_text.likeliest_sender(candidates), None
+        for candidate in candidates:
+            sent = await self.spool.last_sent_to(candidate, n.at - self.rules.mo.reply_window)
+            if sent is not None:
+                phone = candidate
+                break
         acc = self._account_for_number(mo.destination_addr)
         if acc is None and sent is not None:
             acc = self.rules.accounts.get(sent.login.lower())

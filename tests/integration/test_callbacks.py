@@ -334,6 +334,23 @@ async def test_mo_single_and_two_part_ucs2_mailed_to_sender_and_called_back(
     no_password(stack)
 
 
+async def test_mo_from_a_national_sender_finds_the_sms_it_answers(stack: Stack) -> None:
+    """An SMSC that writes the sender in national format (89…, TON 2) where the relay sent to
+    +7…: the answer still goes to whoever sent that SMS, with the number in E.164."""
+    await send(stack.smtp_port, "utf", "79165550001", "Диск заполнен", "oncall@example.org")
+    await stack.smsc.wait_for(1, timeout=10)
+    await stack.http.wait_for(1)  # its status callback
+    await stack.smsc.send_mo("89165550001", "79005550004", b"on it")
+    [mail] = await stack.sink.wait_for(1)
+    assert mail.rcpt_tos == ["oncall@example.org"]
+    assert "on it" in mail.text and "+79165550001" in mail.text
+    assert "> Диск заполнен" in mail.text
+    [_, hit] = await stack.http.wait_for(2)
+    mo = dict(parse_qsl(hit.body.decode("ascii"), encoding="utf-8"))
+    assert mo["phone"] == "79165550001" and mo["mes"] == "on it"
+    assert re.fullmatch(r"\d+", mo["sms_id"])
+
+
 async def test_mo_from_unknown_phone_goes_to_mo_email(stack: Stack) -> None:
     await stack.smsc.wait_for(0)
     deadline = time.monotonic() + 10

@@ -64,3 +64,18 @@ def test_notice_mail_headers() -> None:
     )
     assert b"Auto-Submitted: auto-generated" in data
     assert b"X-Auto-Response-Suppress: All" in data
+
+
+def test_sender_candidates_read_national_numbers_by_the_accounts_regions() -> None:
+    from relay.mo import likeliest_sender, sender_candidates
+
+    assert sender_candidates("79161234567", ["RU"]) == ("+79161234567",)
+    assert sender_candidates("+79161234567", ["RU"]) == ("+79161234567",)
+    national = sender_candidates("89161234567", ["RU"])
+    assert national == ("+89161234567", "+79161234567")
+    assert likeliest_sender(national) == "+79161234567"
+    assert sender_candidates("9161234567", ["RU"])[-1] == "+79161234567"
+    assert sender_candidates("0501234567", ["UA"])[-1] == "+380501234567"
+    assert sender_candidates("380501234567", ["RU", "UA"]) == ("+380501234567",)
+    assert sender_candidates("Bank", ["RU"]) == ("Bank",)  # alphanumeric: as it came
+    assert likeliest_sender(("+12",)) == "+12"  # nothing valid: the first
