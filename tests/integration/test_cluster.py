@@ -64,6 +64,15 @@ class Cluster:
             send_mail, port, "ops@example.org", ["send@sms.test"], command_mail(body)
         )
 
+    async def wait_bound(self, timeout: float = 15) -> None:
+        """Until every node's bind is up: a node still connecting claims nothing, and the
+        others (claiming ahead) would then take all of its mails' jobs."""
+        deadline = time.monotonic() + timeout
+        while sum(b.status == 0 for b in self.smsc.binds) < len(self.nodes):
+            assert time.monotonic() < deadline, f"binds: {self.smsc.binds}"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # the bind_resp reaches the node and its link is marked up
+
     def jobs(self) -> list[dict[str, Any]]:
         rows = pg_rows(self.url, "SELECT id, state, node, attempts FROM jobs ORDER BY id")
         return [dict(zip(("id", "state", "node", "attempts"), r, strict=True)) for r in rows]
@@ -162,6 +171,7 @@ async def test_two_nodes_send_every_sms_once_and_match_receipts_across_nodes(
     cluster_factory: Any,
 ) -> None:
     c: Cluster = await cluster_factory(2)
+    await c.wait_bound()
     texts: list[str] = []
     for m in range(10):  # mails to both nodes, alternately
         entries = [(phone(m * 20 + i), f"sms {m * 20 + i}") for i in range(20)]
@@ -207,6 +217,7 @@ async def test_a_sigkilled_node_loses_nothing_its_leased_jobs_go_out_from_anothe
 ) -> None:
     # Slow answers keep each node's window full: the killed node holds jobs in flight.
     c: Cluster = await cluster_factory(2, faults=SimFaults(response_delay=0.2))
+    await c.wait_bound()
     texts: list[str] = []
     for m in range(6):
         entries = [(phone(m * 50 + i), f"load {m * 50 + i}") for i in range(50)]
@@ -234,6 +245,7 @@ async def test_a_sigkilled_node_loses_nothing_its_leased_jobs_go_out_from_anothe
 
 async def test_three_nodes_drain_one_spool(cluster_factory: Any) -> None:
     c: Cluster = await cluster_factory(3)
+    await c.wait_bound()
     texts: list[str] = []
     for m in range(9):
         entries = [(phone(m * 20 + i), f"three {m * 20 + i}") for i in range(20)]
