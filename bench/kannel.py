@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.parse
@@ -27,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from bench.procs import START_TIMEOUT, wait_port
+from bench.procs import START_TIMEOUT, terminate, wait_port
 from tests.integration.harness import free_port
 
 SENDSMS_USER = "bench"
@@ -174,13 +173,7 @@ class Kannel:
     def stop(self) -> None:
         """smsbox first, then bearerbox: SIGTERM, then SIGKILL after 10 s."""
         for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            terminate(proc)
         self.procs.clear()
 
 

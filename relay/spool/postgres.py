@@ -491,9 +491,8 @@ class PostgresSpool:
             )
             for _, _, rstate, receipt, key in sorted(await cur.fetchall()):
                 i = owner[key]
-                states[i] = (
-                    await _apply(cur, items[i].job_id, rstate or None, receipt, now) or states[i]
-                )
+                applied, _ = await _apply(cur, items[i].job_id, rstate or None, receipt, now)
+                states[i] = applied or states[i]
             return states
 
         return await self._tx(op) if items else []
@@ -555,11 +554,9 @@ class PostgresSpool:
                     (keys[0], state.value if state else "", text, now),
                 )
                 return 0
-            job_id = int(row[0])
-            # The same locks `_apply` takes (re-taking them in one transaction is a no-op), so
-            # a receipt repeated on two nodes at once is "applied" on exactly one of them.
-            repeated = await _lock_job(cur, job_id) is True
-            await _apply(cur, job_id, state.value if state else None, text, now)
+            # `_apply` reads "already final" under the job's locks: a receipt repeated on two
+            # nodes at once is "applied" on exactly one of them.
+            _, repeated = await _apply(cur, int(row[0]), state.value if state else None, text, now)
             return RECEIPT_REPEATED if repeated else RECEIPT_APPLIED
 
         return await self._tx(op)
@@ -965,8 +962,9 @@ async def _reclaim(cur: _Cursor, table: str, now: float) -> None:
 
 async def _apply(
     cur: _Cursor, job_id: int, state: str | None, receipt: str, now: float
-) -> JobState | None:
-    """Store a receipt on a job; move it to a final state when the receipt says so."""
+) -> tuple[JobState | None, bool]:
+    """Store a receipt on a job; move it to a final state when the receipt says so. Returns
+    the state set (None: none) and whether a state receipt found the job already final."""
     if state:
         was_final = await _lock_job(cur, job_id)
         await cur.execute(
@@ -975,11 +973,11 @@ async def _apply(
         )
         if JobState(state).final and was_final is False:
             await _final_notice(cur, job_id, now)
-        return JobState(state)
+        return JobState(state), was_final is True
     await cur.execute(
         "UPDATE jobs SET receipt = %s, updated = %s WHERE id = %s", (receipt, now, job_id)
     )
-    return None
+    return None, False
 
 
 # -- issue 8: status notices, exactly once per message across nodes ----------------------------

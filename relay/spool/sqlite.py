@@ -597,9 +597,7 @@ class SqliteSpool:
                     (keys[0], state.value if state else "", text, now),
                 )
                 return 0
-            job_id = int(row[0])
-            repeated = _is_final(conn, job_id)
-            _apply(conn, job_id, state.value if state else None, text, now)
+            _, repeated = _apply(conn, int(row[0]), state.value if state else None, text, now)
             return RECEIPT_REPEATED if repeated else RECEIPT_APPLIED
 
         return await self._do(op)
@@ -938,8 +936,9 @@ _REQUEUEABLE = (
 
 def _apply(
     conn: sqlite3.Connection, job_id: int, state: str | None, receipt: str, now: float
-) -> JobState | None:
-    """Store a receipt on a job; move it to a final state when the receipt says so."""
+) -> tuple[JobState | None, bool]:
+    """Store a receipt on a job; move it to a final state when the receipt says so. Returns
+    the state set (None: none) and whether a state receipt found the job already final."""
     if state:
         was_final = _is_final(conn, job_id)
         conn.execute(
@@ -948,9 +947,9 @@ def _apply(
         )
         if JobState(state).final and not was_final:
             _final_notice(conn, job_id, now)
-        return JobState(state)
+        return JobState(state), was_final
     conn.execute("UPDATE jobs SET receipt = ?, updated = ? WHERE id = ?", (receipt, now, job_id))
-    return None
+    return None, False
 
 
 def _apply_early(
@@ -966,7 +965,7 @@ def _apply_early(
     ).fetchall()
     state: JobState | None = None
     for rowid, rstate, receipt in early:
-        state = _apply(conn, job_id, rstate or None, receipt, now) or state
+        state = _apply(conn, job_id, rstate or None, receipt, now)[0] or state
         conn.execute("DELETE FROM early_receipts WHERE rowid = ?", (rowid,))
     return state
 
