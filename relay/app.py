@@ -28,6 +28,7 @@ from relay.mailer import MailCounters, ReplyMailer
 from relay.metrics import RelayCollector, serve_http
 from relay.notifier import NoticeCounters, NoticeRules, Notifier
 from relay.pipeline import IntakeRules, Outcome
+from relay.pruner import PruneCounters, Pruner, prune_rules
 from relay.rates import Limits, RateRules
 from relay.smpp.link import UpstreamLink
 from relay.smpp.simulator import SmscSimulator
@@ -137,6 +138,8 @@ class Relay:
     callbacks: CallbackCounters = field(default_factory=CallbackCounters)
     notices: NoticeCounters = field(default_factory=NoticeCounters)
     notifier: Notifier | None = None
+    pruned: PruneCounters = field(default_factory=PruneCounters)
+    pruner: Pruner | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     handler: CommandMailHandler | None = None
     smtp_port: int = 0
@@ -172,6 +175,8 @@ class Relay:
             self.handler.rates = rate_rules(new)
             if self.notifier is not None:
                 self.notifier.rules = notice_rules(new)
+            if self.pruner is not None:
+                self.pruner.rules = prune_rules(new)
             log.info("SIGHUP: reloaded %d account(s); %s", len(new.accounts), tls_note)
         finally:
             notify.ready()  # systemd stays "reloading" until it hears READY=1 again
@@ -253,6 +258,8 @@ class Relay:
             notifier = Notifier(spool, notice_rules(cfg), on_queued=queued, counters=self.notices)
             self.notifier = notifier
             dispatcher.on_notice = notifier.wake
+            pruner = Pruner(spool, prune_rules(cfg), counters=self.pruned)
+            self.pruner = pruner
 
             def stored(outcomes: list[Outcome]) -> None:
                 dispatcher.wake()
@@ -314,6 +321,7 @@ class Relay:
                     links=links,
                     callbacks=self.callbacks,
                     notices=self.notices,
+                    pruned=self.pruned,
                 )
                 registry.register(collector)
 
@@ -359,6 +367,7 @@ class Relay:
                 mail_task = tg.create_task(mailer.run(), name="mailer")
                 notice_task = tg.create_task(notifier.run(), name="notifier")
                 callback_task = tg.create_task(sender.run(), name="callbacks")
+                prune_task = tg.create_task(pruner.run(), name="pruner")
                 share_task = (
                     tg.create_task(shares.run(), name="throughput-share")
                     if shares is not None
@@ -387,13 +396,15 @@ class Relay:
                 await asyncio.gather(*(link.stop(timeout=1.0) for link in links))
                 # Notices and callbacks after the links: receipts that came in while unbinding
                 # are stored; what is not settled or sent now stays in the spool for next start.
+                pruner.stop()
                 await notifier.stop()
                 await mailer.stop()
                 await sender.stop()
                 if shares is not None:
                     shares.stop()
                 beats = [share_task] if share_task is not None else []
-                for task in (*link_tasks, notice_task, mail_task, callback_task, *beats):
+                tasks = (*link_tasks, notice_task, mail_task, callback_task, prune_task, *beats)
+                for task in tasks:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(asyncio.shield(task), 1.0)
                     task.cancel()

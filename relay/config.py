@@ -99,6 +99,10 @@ class SpoolConfig(_Section):
     lease: float = Field(30, gt=0)
     # Seconds between a node's heartbeats in a shared spool; live = seen within 3 of them.
     heartbeat: float = Field(2, gt=0)
+    # Retention: days final history (requests, their jobs and receipts, sent mails and
+    # callbacks, MO SMS) is kept before the daemon prunes it; 0 = keep forever. What a check
+    # still needs (mo.reply_window, the SPEC §5 windows, undelivered work) is never pruned.
+    keep_days: float = Field(30, ge=0)
 
     @field_validator("url")
     @classmethod
@@ -144,6 +148,19 @@ class MoConfig(_Section):
     reply_window: float = Field(604800, gt=0)
     # How long the parts of a concatenated MO SMS are looked for (seconds back from the last).
     concat_window: float = Field(3600, gt=0)
+    # Seconds after the last part of an incomplete concatenated MO SMS arrived until it is
+    # forwarded with what arrived, missing parts marked (Kannel: sms-combine-concatenated-mo-
+    # timeout, 1800 s, then passes the parts on as they are). At most concat_window.
+    concat_timeout: float = Field(600, gt=0)
+
+    @model_validator(mode="after")
+    def _timeout_within_window(self) -> MoConfig:
+        if self.concat_timeout > self.concat_window:
+            raise ValueError(
+                "concat_timeout must not exceed concat_window (the parts are looked for "
+                "within concat_window)"
+            )
+        return self
 
 
 class CallbacksConfig(_Section):

@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 from relay.callback_sender import CallbackCounters
 from relay.mailer import MailCounters
 from relay.notifier import NoticeCounters
+from relay.pruner import PruneCounters
 from relay.smtp_front import IntakeCounters
 from relay.worker import DispatchCounters
 
@@ -62,7 +63,9 @@ class RelayCollector(Collector):
         links: Sequence[BindView],
         callbacks: CallbackCounters | None = None,
         notices: NoticeCounters | None = None,
+        pruned: PruneCounters | None = None,
     ) -> None:
+        self.pruned = pruned or PruneCounters()
         self.callbacks = callbacks or CallbackCounters()
         self.notices = notices or NoticeCounters()
         self.intake = intake
@@ -172,6 +175,14 @@ class RelayCollector(Collector):
         notice_mails.add_metric(["status"], self.notices.status_mailed)
         notice_mails.add_metric(["mo"], self.notices.mo_mailed)
         yield notice_mails
+        pruned = CounterMetricFamily(
+            p + "spool_pruned_rows",
+            "Spool rows deleted by retention (spool.keep_days and the SPEC §5 windows), by table",
+            labels=["table"],
+        )
+        for table, n in sorted(self.pruned.deleted.items()):
+            pruned.add_metric([table], n)
+        yield pruned
 
 
 async def serve_http(

@@ -19,6 +19,8 @@ from relay.spool.model import (
     StoreResult,
     Submitted,
 )
+from relay.spool.prune_model import PruneStep
+from relay.spool.retention import Cutoffs
 
 
 class Spool(Protocol):
@@ -160,13 +162,26 @@ class Spool(Protocol):
 
     # issue 8: notices → callbacks and mails; MO answers ---------------------------------
 
-    async def claim_notices(self, limit: int) -> list[Notice]:
-        """The oldest unsettled notices, oldest first (a notice stays until it is settled)."""
+    async def claim_notices(self, limit: int, now: float | None = None) -> list[Notice]:
+        """The oldest unsettled notices due at `now` (default: the clock), oldest first (a
+        notice stays until it is settled; a deferred one is due at its `defer_until`)."""
         ...
 
     async def settle_notices(self, outcomes: Sequence[NoticeOutcome], now: float) -> None:
         """In one transaction: queue each outcome's callbacks and mails (due `now`), delete
-        its notice."""
+        its notice (or keep it until the outcome's `defer_until`)."""
+        ...
+
+    # retention (relay/spool/retention.py) ---------------------------------------------------
+
+    async def prune(self, cutoffs: Cutoffs, limit: int, resume: dict[str, int]) -> PruneStep:
+        """Delete one bounded batch of history older than `cutoffs` (about `limit` rows per
+        table), from `resume` (prune_model.start() for a new round); commit it."""
+        ...
+
+    async def reclaim(self, pages: int) -> int:
+        """Give up to `pages` free pages back to the file system; return how many (0 where
+        the backend does it itself)."""
         ...
 
     async def claim_callbacks(self, limit: int, now: float) -> list[Callback]:

@@ -236,6 +236,18 @@ async def _v6_state_indexes(conn: AsyncConnection[Any]) -> None:
     )
 
 
+async def _v7_retention(conn: AsyncConnection[Any]) -> None:
+    """Retention (spool.keep_days): upstream keys found by job when their job is pruned;
+    notices that wait (an incomplete concatenated MO SMS until mo.concat_timeout)."""
+    await _run(
+        conn,
+        """
+        CREATE INDEX upstream_keys_job ON upstream_keys(job_id);
+        ALTER TABLE notices ADD COLUMN not_before DOUBLE PRECISION NOT NULL DEFAULT 0
+        """,
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "spool tables", _v1_tables),
     Migration(2, "leases for several nodes", _v2_leases),
@@ -243,6 +255,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "rate guards (issue 6) across nodes", _v4_rates),
     Migration(5, "node heartbeats (shared throughput)", _v5_nodes),
     Migration(6, "state indexes of mails and callbacks (issue 9)", _v6_state_indexes),
+    Migration(7, "retention: upstream keys by job, deferred notices", _v7_retention),
 )
 LATEST = MIGRATIONS[-1].version
 

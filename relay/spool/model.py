@@ -361,11 +361,13 @@ class Callback:
 
 @dataclass(frozen=True, slots=True)
 class NoticeOutcome:
-    """What a notice turned into; `Spool.settle_notices` stores it and drops the notice."""
+    """What a notice turned into; `Spool.settle_notices` stores it and drops the notice, or,
+    with `defer_until`, keeps it to be claimed again at that time (an incomplete MO SMS)."""
 
     notice_id: int
     callbacks: tuple[NewCallback, ...] = ()
     mails: tuple[NewMail, ...] = ()
+    defer_until: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,6 +62,7 @@ from psycopg.rows import TupleRow
 from relay.config import LimitsConfig
 from relay.errors import ErrorCode, SpoolError
 from relay.rates import MINUTE, RateCheck, Usage, active, first_exceeded, utc_day
+from relay.spool import pg_prune
 from relay.spool.migrations import Migration, migrate, schema_version
 from relay.spool.model import (
     RECEIPT_APPLIED,
@@ -87,6 +88,8 @@ from relay.spool.model import (
     submit_to_json,
     tempfail_checks,
 )
+from relay.spool.prune_model import PruneStep
+from relay.spool.retention import Cutoffs
 
 log = logging.getLogger("relay.spool")
 
@@ -659,23 +662,30 @@ class PostgresSpool:
 
     # -- issue 8: notices, callbacks, MO answers -------------------------------------------
 
-    async def claim_notices(self, limit: int) -> list[Notice]:
+    async def claim_notices(self, limit: int, now: float | None = None) -> list[Notice]:
         """The oldest notices no other node holds, leased to this node until settled.
 
         A notice this node already holds is handed out again (its notifier stopped before
         settling it); one that another node holds waits for that node's lease to run out.
         """
-        now = time.time()  # the lease clock, as in _maintain (the Protocol passes no `now`)
+        lease_now = time.time()  # the lease clock, as in _maintain
+        due = lease_now if now is None else now
 
         async def op(cur: _Cursor) -> list[Notice]:
             await cur.execute(
                 "WITH picked AS (SELECT id FROM notices"
-                " WHERE node = %(node)s OR lease_until < %(now)s"
+                " WHERE (node = %(node)s OR lease_until < %(now)s) AND not_before <= %(due)s"
                 " ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
                 " UPDATE notices n SET node = %(node)s, lease_until = %(until)s"
                 " FROM picked WHERE n.id = picked.id"
                 " RETURNING n.id, n.kind, n.request_pk, n.entry, n.phone, n.mo_id, n.created",
-                {"now": now, "limit": limit, "node": self.node, "until": now + self.lease},
+                {
+                    "now": lease_now,
+                    "due": due,
+                    "limit": limit,
+                    "node": self.node,
+                    "until": lease_now + self.lease,
+                },
             )
             rows = sorted(await cur.fetchall(), key=lambda r: int(r[0]))
             return [await _notice(cur, *r) for r in rows]
@@ -692,9 +702,17 @@ class PostgresSpool:
             await _lock(cur, [f"stream:{c.stream}" for o in outcomes for c in o.callbacks])
             queued = False
             for out in outcomes:
-                await cur.execute(
-                    "DELETE FROM notices WHERE id = %s RETURNING id", (out.notice_id,)
-                )
+                if out.defer_until is not None:
+                    # Looked at again then, by any node (an incomplete MO SMS, notifier.py).
+                    await cur.execute(
+                        "UPDATE notices SET not_before = %s, node = '', lease_until = 0"
+                        " WHERE id = %s RETURNING id",
+                        (out.defer_until, out.notice_id),
+                    )
+                else:
+                    await cur.execute(
+                        "DELETE FROM notices WHERE id = %s RETURNING id", (out.notice_id,)
+                    )
                 if await cur.fetchone() is None:
                     continue
                 if out.callbacks:
@@ -813,6 +831,17 @@ class PostgresSpool:
             ]
 
         return await self._tx(op)
+
+    # -- retention (relay/spool/pg_prune.py) -----------------------------------------------
+
+    async def prune(self, cutoffs: Cutoffs, limit: int, resume: dict[str, int]) -> PruneStep:
+        async def op(cur: _Cursor) -> PruneStep:
+            return await pg_prune.prune_batch(cur, cutoffs, limit, resume)
+
+        return await self._tx(op)
+
+    async def reclaim(self, pages: int) -> int:
+        return 0  # autovacuum marks deleted rows' space reusable; nothing to do here
 
     # -- inspection ------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -23,6 +24,7 @@ from typing import Any, Literal, TypeVar
 from relay.config import LimitsConfig
 from relay.errors import ErrorCode, SpoolError
 from relay.rates import MINUTE, RateCheck, Usage, active, first_exceeded, utc_day
+from relay.spool import sqlite_prune
 from relay.spool.checkpoint import Checkpointer
 from relay.spool.model import (
     RECEIPT_APPLIED,
@@ -47,6 +49,8 @@ from relay.spool.model import (
     submit_to_json,
     tempfail_checks,
 )
+from relay.spool.prune_model import PruneStep
+from relay.spool.retention import Cutoffs
 
 log = logging.getLogger("relay.spool")
 
@@ -54,8 +58,8 @@ T = TypeVar("T")
 _Op = Callable[[sqlite3.Connection], Any]
 
 # 2: the SPEC §5 protection tables; 3: notices, callbacks; 4: mails_state, callbacks_state
-# (each added in place by CREATE … IF NOT EXISTS at open)
-SCHEMA_VERSION = 4
+# (each added in place by CREATE … IF NOT EXISTS at open); 5: notices.not_before (_upgrade)
+SCHEMA_VERSION = 5
 _BATCH_MAX = 512
 
 _SCHEMA = """
@@ -213,6 +217,14 @@ _SET_OUTBOUND = {
 }
 
 
+def _upgrade(conn: sqlite3.Connection) -> None:
+    """Columns added to tables of older spools (CREATE … IF NOT EXISTS leaves a table as is)."""
+    cols = {r[1] for r in conn.execute("PRAGMA table_info(notices)")}
+    if "not_before" not in cols:
+        # An incomplete concatenated MO SMS waits here until mo.concat_timeout (notifier.py).
+        conn.execute("ALTER TABLE notices ADD COLUMN not_before REAL NOT NULL DEFAULT 0")
+
+
 def sqlite_path(url: str) -> str:
     """`sqlite:///rel.db` → `rel.db`; `sqlite:////abs/x.db` → `/abs/x.db` (SQLAlchemy style)."""
     prefix = "sqlite:///"
@@ -280,7 +292,11 @@ class SqliteSpool:
         # Checkpoints run in their own thread, never inside a COMMIT here (checkpoint.py).
         conn.execute("PRAGMA wal_autocheckpoint=0")
         conn.execute("PRAGMA foreign_keys=ON")
+        # Retention: pruned rows' pages go back to the file system (sqlite_prune.reclaim). It
+        # takes effect only on a new spool file; an older one reuses its free pages instead.
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         conn.executescript(_SCHEMA)
+        _upgrade(conn)
         # The counts start from the rows (a spool from before the counts, or a crash between
         # the schema statements above): a few thousand rows at most, once per start.
         conn.execute("BEGIN IMMEDIATE")
@@ -697,12 +713,14 @@ class SqliteSpool:
 
     # -- issue 8: notices, callbacks, MO answers -------------------------------------------
 
-    async def claim_notices(self, limit: int) -> list[Notice]:
+    async def claim_notices(self, limit: int, now: float | None = None) -> list[Notice]:
+        at = time.time() if now is None else now
+
         def op(conn: sqlite3.Connection) -> list[Notice]:
             rows = conn.execute(
                 "SELECT id, kind, request_pk, entry, phone, mo_id, created FROM notices"
-                " ORDER BY id LIMIT ?",
-                (limit,),
+                " WHERE not_before <= ? ORDER BY id LIMIT ?",
+                (at, limit),
             ).fetchall()
             return [_notice(conn, *r) for r in rows]
 
@@ -724,7 +742,13 @@ class SqliteSpool:
                     " expires_at, updated) VALUES (NULL, ?, ?, ?, 'queued', ?, ?, ?)",
                     [(m.mail_from, m.rcpt, m.data, now, m.expires_at, now) for m in out.mails],
                 )
-                conn.execute("DELETE FROM notices WHERE id = ?", (out.notice_id,))
+                if out.defer_until is not None:  # looked at again then (an incomplete MO)
+                    conn.execute(
+                        "UPDATE notices SET not_before = ? WHERE id = ?",
+                        (out.defer_until, out.notice_id),
+                    )
+                else:
+                    conn.execute("DELETE FROM notices WHERE id = ?", (out.notice_id,))
 
         await self._do(op)
 
@@ -805,6 +829,20 @@ class SqliteSpool:
                 (r[0], r[1], MoMessage(r[2], r[3], r[4], r[5], bytes(r[6]), json.loads(r[7])))
                 for r in rows
             ]
+
+        return await self._do(op)
+
+    # -- retention (relay/spool/sqlite_prune.py) -------------------------------------------
+
+    async def prune(self, cutoffs: Cutoffs, limit: int, resume: dict[str, int]) -> PruneStep:
+        def op(conn: sqlite3.Connection) -> PruneStep:
+            return sqlite_prune.prune_batch(conn, cutoffs, limit, resume)
+
+        return await self._do(op)
+
+    async def reclaim(self, pages: int) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            return sqlite_prune.reclaim(conn, pages)
 
         return await self._do(op)
 
