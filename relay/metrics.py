@@ -168,6 +168,7 @@ class RelayCollector(Collector):
         )
         notices.add_metric(["status"], self.notices.status)
         notices.add_metric(["mo"], self.notices.mo)
+        notices.add_metric(["mo_incomplete"], self.notices.mo_incomplete)
         yield notices
         notice_mails = CounterMetricFamily(
             p + "notice_mails", "Status and MO mails queued", labels=["kind"]

@@ -145,6 +145,50 @@ def reassemble(parts: Sequence[SmsBody]) -> str | None:
     return decode_text(b"".join(p.body for p in ordered), ordered[0].data_coding)
 
 
+@dataclass(frozen=True, slots=True)
+class Partial:
+    """What arrived of a concatenated message whose parts did not all come (mo.concat_timeout):
+    the text with each gap marked, and which parts (1-based) are missing of how many."""
+
+    text: str
+    missing: tuple[int, ...]
+    total: int
+
+
+def missing_mark(seq: int, total: int) -> str:
+    return f"[part {seq} of {total} missing]"
+
+
+def reassemble_partial(parts: Sequence[SmsBody]) -> Partial | None:
+    """The parts that arrived, in `seq` order, each run of consecutive parts joined as octets
+    before decoding (as in `reassemble`), a mark where a part is missing; None when `parts`
+    holds no concatenated part. A character cut by a gap decodes as U+FFFD, never raises."""
+    first = next((p for p in parts if p.concat is not None), None)
+    if first is None or first.concat is None:
+        return None
+    ref, total = first.concat.ref, first.concat.total
+    by_seq: dict[int, SmsBody] = {}
+    for p in parts:
+        if p.concat is not None and (p.concat.ref, p.concat.total) == (ref, total):
+            by_seq.setdefault(p.concat.seq, p)
+    pieces: list[str] = []
+    run: list[SmsBody] = []
+    missing: list[int] = []
+    for seq in range(1, total + 1):
+        part = by_seq.get(seq)
+        if part is not None:
+            run.append(part)
+            continue
+        if run:
+            pieces.append(decode_text(b"".join(p.body for p in run), run[0].data_coding))
+            run = []
+        missing.append(seq)
+        pieces.append(missing_mark(seq, total))
+    if run:
+        pieces.append(decode_text(b"".join(p.body for p in run), run[0].data_coding))
+    return Partial("".join(pieces), tuple(missing), total)
+
+
 def same_message(a: SmsBody, b: SmsBody) -> bool:
     """Parts of one concatenated message (same reference and total)."""
     return (
@@ -170,9 +214,26 @@ def _utc(at: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
 
 
-def mo_mail_text(*, phone: str, to: str, text: str, received: float, sent: SentSms | None) -> str:
-    """The body of the mail that forwards an MO SMS: who, when, the text, the SMS it answers."""
-    lines = [f"SMS from {phone} to {to} at {_utc(received)}:", "", text, ""]
+def mo_mail_text(
+    *,
+    phone: str,
+    to: str,
+    text: str,
+    received: float,
+    sent: SentSms | None,
+    partial: Partial | None = None,
+) -> str:
+    """The body of the mail that forwards an MO SMS: who, when, the text, the SMS it answers;
+    for an incomplete concatenated SMS, which parts never came."""
+    lines = [f"SMS from {phone} to {to} at {_utc(received)}:", ""]
+    if partial is not None:
+        gone = ", ".join(str(i) for i in partial.missing)
+        lines += [
+            f"(incomplete: part(s) {gone} of {partial.total} did not arrive; "
+            "the text below marks where)",
+            "",
+        ]
+    lines += [text, ""]
     if sent is not None:
         lines += [
             f"In reply to message ID {sent.request_id} sent to {sent.phone} at {_utc(sent.sent)}:",

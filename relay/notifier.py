@@ -41,6 +41,7 @@ _BATCH = 50
 class NoticeCounters:
     status: int = 0  # final message states seen
     mo: int = 0  # MO messages complete (all parts) seen
+    mo_incomplete: int = 0  # concatenated MO forwarded without all parts (mo.concat_timeout)
     mo_mailed: int = 0
     status_mailed: int = 0
     callbacks_queued: int = 0
@@ -85,7 +86,7 @@ class Notifier:
 
     async def run(self) -> None:
         while not self._wakeup.stopping:
-            notices = await self.spool.claim_notices(_BATCH)
+            notices = await self.spool.claim_notices(_BATCH, self.clock())
             if not notices:
                 await self._wakeup.nap(None, self.clock(), 1.0)
                 continue
@@ -144,6 +145,7 @@ class Notifier:
         if mo is None:
             return NoticeOutcome(n.id)
         body = mo_text.split_body(mo.esm_class, mo.data_coding, mo.short_message, mo.tlvs)
+        partial: mo_text.Partial | None = None
         if body.concat is None:
             text: str | None = mo_text.decode_text(body.body, body.data_coding)
         else:
@@ -154,17 +156,30 @@ class Notifier:
                 part = mo_text.split_body(m.esm_class, m.data_coding, m.short_message, m.tlvs)
                 if mo_text.same_message(body, part):
                     siblings.append((mo_id, part))
-            # The part stored last completes the message; a part repeated by the SMSC after
-            # the message was complete (same seq as an earlier part) is ignored.
+            # The part stored last decides: it completes the message, or (a part missing)
+            # waits until mo.concat_timeout after it arrived and then forwards what came, as
+            # Kannel does after sms-combine-concatenated-mo-timeout. An older part's notice
+            # is dropped once a newer part came. A part repeated by the SMSC after the message
+            # was complete (same seq as an earlier part) is ignored.
             if any(i > n.mo_id for i, _ in siblings):
                 return NoticeOutcome(n.id)
             earlier = [p for i, p in siblings if i < n.mo_id]
-            if body.concat and any(p.concat and p.concat.seq == body.concat.seq for p in earlier):
+            repeated = any(p.concat and p.concat.seq == body.concat.seq for p in earlier)
+            if repeated and mo_text.reassemble(earlier) is not None:
                 return NoticeOutcome(n.id)
-            text = mo_text.reassemble([p for _, p in siblings])
+            parts = [p for _, p in siblings]
+            text = mo_text.reassemble(parts)
+            if text is None:
+                due = n.at + self.rules.mo.concat_timeout
+                if self.clock() < due:
+                    return NoticeOutcome(n.id, defer_until=due)  # stored; looked at again then
+                partial = mo_text.reassemble_partial(parts)
+                text = partial.text if partial is not None else None
+                self.counters.mo_incomplete += 1
         if text is None:
-            return NoticeOutcome(n.id)  # a part still missing: stored only, for now
-        self.counters.mo += 1
+            return NoticeOutcome(n.id)
+        if partial is None:
+            self.counters.mo += 1
         # The sender as the SMSC wrote it may be national (89161234567) where we sent to
         # +79161234567: each reading of it is tried against what was sent.
         regions = sorted({a.default_region for a in self.rules.accounts.values()})
@@ -205,8 +220,10 @@ class Notifier:
                 text=text,
                 received=n.at,
                 sent=_sent_sms(sent) if sent else None,
+                partial=partial,
             )
-            mails.append(self._mail(rcpt, f"SMS from {phone}", body_text))
+            subject = f"SMS from {phone}" + (" (incomplete)" if partial is not None else "")
+            mails.append(self._mail(rcpt, subject, body_text))
             self.counters.mo_mailed += 1
         log.info("mo id=%d from=%s mailed=%s callbacks=%d", n.mo_id, phone, bool(mails), len(calls))
         return NoticeOutcome(n.id, tuple(calls), tuple(mails))

@@ -34,6 +34,7 @@ from tests.integration.harness import (
 )
 
 PASSWORD = "cb-s3cret-pass"
+MO_CONCAT_TIMEOUT = 2.0
 SECRET = "my_Secret-1"
 
 
@@ -177,6 +178,8 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
             "replies": {"smarthost": f"127.0.0.1:{sink.port}", "sender": "relay@sms.test"},
             "metrics": {"host": "127.0.0.1", "port": metrics_port},
             "callbacks": {"retry_min": 0.2, "retry_max": 0.5, "timeout": 5},
+            # An incomplete concatenated MO SMS is forwarded this long after its last part.
+            "mo": {"concat_timeout": MO_CONCAT_TIMEOUT},
         },
         accounts(http.port),
     )
@@ -332,6 +335,43 @@ async def test_mo_single_and_two_part_ucs2_mailed_to_sender_and_called_back(
     await asyncio.sleep(0.5)
     assert len(stack.sink.mails) == 2 and len(stack.http.hits) == 3
     no_password(stack)
+
+
+async def test_mo_missing_a_part_is_forwarded_after_concat_timeout_with_the_gap_marked(
+    stack: Stack,
+) -> None:
+    """Parts 1 and 3 of a 3-part answer come, part 2 never does: after mo.concat_timeout the
+    mail (and the MO callback) carries what came, the gap marked. A 2-part answer whose parts
+    come 0.5 s apart is mailed once, whole, and nothing more after the timeout."""
+    await send(stack.smtp_port, "utf", "79166660001", "Backup failed", "night@example.org")
+    await stack.smsc.wait_for(1, timeout=10)
+    await stack.http.wait_for(1)  # its status callback
+
+    udh = b"\x05\x00\x03\x51\x03"  # reference 0x51, 3 parts (GSM 7-bit, unpacked septets)
+    await stack.smsc.send_mo("79166660001", "79005550004", udh + b"\x01Restarted ", 0, 0x40)
+    sent_at = time.monotonic()
+    await stack.smsc.send_mo("79166660001", "79005550004", udh + b"\x03it works.", 0, 0x40)
+    await asyncio.sleep(MO_CONCAT_TIMEOUT * 0.5)
+    assert stack.sink.mails == []  # still waiting for part 2
+    [mail] = await stack.sink.wait_for(1, timeout=10)
+    assert time.monotonic() - sent_at >= MO_CONCAT_TIMEOUT * 0.9
+    assert mail.rcpt_tos == ["night@example.org"]
+    assert mail.message["Subject"] == "SMS from +79166660001 (incomplete)"
+    assert "Restarted [part 2 of 3 missing]it works." in mail.text
+    assert "part(s) 2 of 3 did not arrive" in mail.text
+    assert "> Backup failed" in mail.text
+    hits = await stack.http.wait_for(2)
+    mo = dict(parse_qsl(hits[1].body.decode("ascii"), encoding="utf-8"))
+    assert mo["mes"] == "Restarted [part 2 of 3 missing]it works."
+
+    udh2 = b"\x05\x00\x03\x52\x02"
+    await stack.smsc.send_mo("79166660001", "79005550004", udh2 + b"\x01all ", 0, 0x40)
+    await asyncio.sleep(0.5)
+    await stack.smsc.send_mo("79166660001", "79005550004", udh2 + b"\x02good", 0, 0x40)
+    mails = await stack.sink.wait_for(2, timeout=10)
+    assert "all good" in mails[1].text and "incomplete" not in mails[1].text
+    await asyncio.sleep(MO_CONCAT_TIMEOUT + 1.5)
+    assert len(stack.sink.mails) == 2 and len(stack.http.hits) == 3
 
 
 async def test_mo_from_a_national_sender_finds_the_sms_it_answers(stack: Stack) -> None:

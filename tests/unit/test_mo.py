@@ -79,3 +79,23 @@ def test_sender_candidates_read_national_numbers_by_the_accounts_regions() -> No
     assert sender_candidates("380501234567", ["RU", "UA"]) == ("+380501234567",)
     assert sender_candidates("Bank", ["RU"]) == ("Bank",)  # alphanumeric: as it came
     assert likeliest_sender(("+12",)) == "+12"  # nothing valid: the first
+
+
+def test_partial_marks_each_missing_part_and_joins_runs_as_octets() -> None:
+    def part(seq: int, body: bytes, total: int = 4) -> mo.SmsBody:
+        return mo.split_body(0x40, 8, bytes((5, 0, 3, 9, total, seq)) + body, {})
+
+    raw = "😀b".encode("utf-16-be")  # a surrogate pair cut between parts 1 and 2
+    got = mo.reassemble_partial(
+        [part(4, "d".encode("utf-16-be")), part(2, raw[2:]), part(1, raw[:2])]
+    )
+    assert got == mo.Partial("😀b[part 3 of 4 missing]d", (3,), 4)
+    # A gap inside a pair: the orphan half decodes as U+FFFD, never raises.
+    lone = mo.reassemble_partial([part(2, raw[2:], 2)])
+    assert lone is not None and lone.text == "[part 1 of 2 missing]\ufffdb" and lone.missing == (1,)
+    # Another message's part (other reference) is not mixed in; an unconcatenated SMS: None.
+    other = mo.split_body(0x40, 8, bytes((5, 0, 3, 8, 4, 3)) + b"\x00x", {})
+    assert mo.reassemble_partial([part(1, b"\x00a"), other]) == mo.Partial(
+        "a[part 2 of 4 missing][part 3 of 4 missing][part 4 of 4 missing]", (2, 3, 4), 4
+    )
+    assert mo.reassemble_partial([mo.split_body(0, 0, b"hi", {})]) is None

@@ -138,3 +138,28 @@ async def test_mark_final_cancel_and_early_receipts_write_notices(
         )
     finally:
         await spool.close()
+
+
+async def test_a_deferred_notice_comes_back_when_due_and_survives_a_restart(
+    spool_store: SpoolStore,
+) -> None:
+    spool = spool_store.make()
+    await spool.open()
+    try:
+        await spool.store_mo(
+            MoMessage("79161234567", "7900", 0x40, 0, b"\x05\x00\x03\x01\x02\x01a"), 300.0
+        )
+        [n] = await spool.claim_notices(10, 300.0)
+        await spool.settle_notices([NoticeOutcome(n.id, defer_until=900.0)], 300.0)
+        assert await spool.claim_notices(10, 899.0) == []
+    finally:
+        await spool.close()
+    spool = spool_store.make()
+    await spool.open()
+    try:
+        [again] = await spool.claim_notices(10, 900.0)
+        assert (again.id, again.kind, again.at) == (n.id, "mo", 300.0)
+        await spool.settle_notices([NoticeOutcome(again.id)], 901.0)
+        assert await spool.claim_notices(10, 2000.0) == []
+    finally:
+        await spool.close()
