@@ -26,8 +26,13 @@ log = logging.getLogger("relay.pruner")
 
 PRUNE_EVERY = 600.0  # seconds between rounds
 FIRST_ROUND = 60.0  # after start: not in the way of a restart's recovery burst
-BATCH = 200  # rows per table per batch (one short write transaction)
-PAUSE = 0.02  # seconds between batches: the writer serves waiting stores meanwhile
+# A batch of 100 requests (their parts and keys) is a 3–4 ms write on a 200 000-part SQLite
+# spool; the pause keeps pruning to ≈400 requests/s so that its scattered page writes never
+# outgrow the checkpointer: at 200 per batch and 20 ms pauses the WAL reached 29 000 frames
+# and the RESTART checkpoint (relay/spool/checkpoint.py) held a store back 550 ms, where with
+# these values the longest store was no longer than without pruning (bench/RESULTS.md).
+BATCH = 100  # rows per table per batch (one short write transaction)
+PAUSE = 0.25  # seconds between batches: the writer serves waiting stores meanwhile
 RECLAIM_PAGES = 256  # free pages handed back per write (1 MiB at 4 KiB pages)
 
 

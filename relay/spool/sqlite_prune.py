@@ -17,6 +17,7 @@ from relay.spool.prune_model import PruneStep
 from relay.spool.retention import Cutoffs, JobRow, prunable_requests
 
 _FINAL_OUTBOUND = ("sent", "failed")
+_KEYS_PER_REQUEST = 4
 
 # One table's step: (conn, cutoffs, limit, resume id, deleted) → (rows deleted, next resume id
 # or None when the table is done for this round). `deleted` receives side tables (jobs).
@@ -31,6 +32,11 @@ def prune_batch(
     for table, after in resume.items():
         step = _STEPS.get(table)
         if step is None:
+            continue
+        if table == "upstream_keys" and "requests" in resume:
+            # Swept once the requests' walk is done: ahead of it, the keys of jobs that are
+            # about to go would be stepped over and left for the next round.
+            nxt[table] = after
             continue
         n, more = step(conn, cut, limit, after, deleted)
         if n:
@@ -119,6 +125,7 @@ def _upstream_keys(
     is still young; a key of an old job that stays (not final) is stepped over."""
     if cut.requests is None:
         return 0, None
+    limit *= _KEYS_PER_REQUEST  # keep pace with the requests' step (a key per part)
     rows = conn.execute(
         "SELECT k.rowid, j.updated FROM upstream_keys k LEFT JOIN jobs j ON j.id = k.job_id"
         " WHERE k.rowid > ? ORDER BY k.rowid LIMIT ?",

@@ -284,7 +284,7 @@ async def test_prune_does_not_hold_a_concurrent_store_back_for_long(
 
         task = asyncio.create_task(storing())
         rules = PruneRules(KEEP, MO, LIMITS)
-        deleted = await Pruner(spool, rules, clock=lambda: NOW).round()
+        deleted = await Pruner(spool, rules, pause=0.02, clock=lambda: NOW).round()
         done.set()
         await task
         assert deleted["requests"] == 3000
