@@ -28,7 +28,7 @@ from relay.mailer import MailCounters, ReplyMailer
 from relay.metrics import RelayCollector, serve_http
 from relay.notifier import NoticeCounters, NoticeRules, Notifier
 from relay.pipeline import IntakeRules, Outcome
-from relay.pruner import PruneCounters, Pruner, prune_rules
+from relay.pruner import FIRST_ROUND, PruneCounters, Pruner, prune_rules
 from relay.rates import Limits, RateRules
 from relay.smpp.link import UpstreamLink
 from relay.smpp.simulator import SmscSimulator
@@ -258,7 +258,14 @@ class Relay:
             notifier = Notifier(spool, notice_rules(cfg), on_queued=queued, counters=self.notices)
             self.notifier = notifier
             dispatcher.on_notice = notifier.wake
-            pruner = Pruner(spool, prune_rules(cfg), counters=self.pruned)
+            every = cfg.spool.prune_interval
+            pruner = Pruner(
+                spool,
+                prune_rules(cfg),
+                every=every,
+                first=min(FIRST_ROUND, every),
+                counters=self.pruned,
+            )
             self.pruner = pruner
 
             def stored(outcomes: list[Outcome]) -> None:

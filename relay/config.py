@@ -103,6 +103,8 @@ class SpoolConfig(_Section):
     # callbacks, MO SMS) is kept before the daemon prunes it; 0 = keep forever. What a check
     # still needs (mo.reply_window, the SPEC §5 windows, undelivered work) is never pruned.
     keep_days: float = Field(30, ge=0)
+    # Seconds between pruning rounds (the first one comes after min(60, this)).
+    prune_interval: float = Field(600, gt=0)
 
     @field_validator("url")
     @classmethod

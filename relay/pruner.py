@@ -24,8 +24,8 @@ from relay.spool.retention import cutoffs
 
 log = logging.getLogger("relay.pruner")
 
-PRUNE_EVERY = 600.0  # seconds between rounds
-FIRST_ROUND = 60.0  # after start: not in the way of a restart's recovery burst
+PRUNE_EVERY = 600.0  # seconds between rounds (spool.prune_interval)
+FIRST_ROUND = 60.0  # at most this after start: not in the way of a restart's recovery burst
 # A batch of 100 requests (their parts and keys) is a 3–4 ms write on a 200 000-part SQLite
 # spool; the pause keeps pruning to ≈400 requests/s so that its scattered page writes never
 # outgrow the checkpointer: at 200 per batch and 20 ms pauses the WAL reached 29 000 frames

@@ -286,15 +286,16 @@ class SqliteSpool:
         parent = Path(self._path).parent
         parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        # Retention: pruned rows' pages go back to the file system (sqlite_prune.reclaim). It
+        # takes only on a new, empty file (before WAL mode writes its header); an older spool
+        # reuses its free pages instead (README "Retention").
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=10000")
         # Checkpoints run in their own thread, never inside a COMMIT here (checkpoint.py).
         conn.execute("PRAGMA wal_autocheckpoint=0")
         conn.execute("PRAGMA foreign_keys=ON")
-        # Retention: pruned rows' pages go back to the file system (sqlite_prune.reclaim). It
-        # takes effect only on a new spool file; an older one reuses its free pages instead.
-        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         conn.executescript(_SCHEMA)
         _upgrade(conn)
         # The counts start from the rows (a spool from before the counts, or a crash between

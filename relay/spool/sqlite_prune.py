@@ -54,7 +54,10 @@ def reclaim(conn: sqlite3.Connection, pages: int) -> int:
     (before,) = conn.execute("PRAGMA freelist_count").fetchone()
     if not before:
         return 0
-    conn.execute(f"PRAGMA incremental_vacuum({int(pages)})")
+    # Python's sqlite3 steps the pragma once, and one step frees one page, whatever N says:
+    # so one page per call (each a few µs), no more than the free list holds.
+    for _ in range(min(int(before), pages)):
+        conn.execute("PRAGMA incremental_vacuum(1)")
     (after,) = conn.execute("PRAGMA freelist_count").fetchone()
     return int(before) - int(after)
 
