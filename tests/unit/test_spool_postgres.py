@@ -361,3 +361,34 @@ async def test_a_dead_nodes_callback_lease_runs_out_and_its_stream_moves_on(
     await b.mark_callback_sent(again.id, T0 + 3)
     [nxt] = await b.claim_callbacks(10, T0 + 3)
     assert nxt.url == "http://h/1"
+
+
+async def test_nodes_prune_one_at_a_time_and_each_row_once(
+    nodes: tuple[PostgresSpool, PostgresSpool], pg_url: str
+) -> None:
+    """Retention on a shared spool: while one node holds the pruning lock the other skips its
+    round at once (no waiting, nothing deleted); two rounds at once delete every row once."""
+    from relay.config import MoConfig
+    from relay.pruner import Pruner, PruneRules
+    from relay.spool.pg_prune import PRUNE_LOCK
+    from relay.spool.prune_model import start
+    from relay.spool.retention import cutoffs
+
+    a, b = nodes
+    now = T0 + 40 * 86400
+    for _ in range(30):
+        r = request(at=T0)
+        await a.store(NewRequest(r.key, r.request_id, "alex", "ops@x", "192.0.2.1", T0, error=2))
+    cut = cutoffs(30, MoConfig(), LimitsConfig(), now)
+    with psycopg.connect(pg_url, autocommit=True) as other, other.transaction():
+        other.execute("SELECT pg_advisory_xact_lock(%s)", (PRUNE_LOCK,))
+        t0 = time.monotonic()
+        step = await b.prune(cut, 100, start())
+        assert step.busy and step.deleted == {} and time.monotonic() - t0 < 1.0
+        assert pg_rows(pg_url, "SELECT COUNT(*) FROM requests") == [(30,)]
+    rules = PruneRules(30, MoConfig(), LimitsConfig())
+    rounds = await asyncio.gather(
+        *(Pruner(n, rules, batch=2, pause=0.0, clock=lambda: now).round() for n in (a, b))
+    )
+    assert sum(r.get("requests", 0) for r in rounds) == 30
+    assert pg_rows(pg_url, "SELECT COUNT(*) FROM requests") == [(0,)]
