@@ -39,9 +39,12 @@ class DataState(enum.Enum):
 class DataBody:
     """The octets between `354` and the terminating `.` line, without the terminator."""
 
-    def __init__(self, size_limit: int | None, line_limit: int) -> None:
+    def __init__(
+        self, size_limit: int | None, line_limit: int, *, check_every: int = CHECK_EVERY
+    ) -> None:
         self._size_limit = size_limit or 0
         self._line_limit = line_limit
+        self._check_every = check_every
         self._checked: list[bytes] = []  # complete lines, checked: NOMINAL so far
         self._pending: list[bytes] = []  # unchecked, starting at a line start
         self._pending_len = 0
@@ -54,7 +57,7 @@ class DataBody:
             return  # aiosmtpd discards the data once the verdict is out; only draining is left
         self._pending.append(chunk)
         self._pending_len += len(chunk)
-        if self._pending_len > CHECK_EVERY:
+        if self._pending_len > self._check_every:
             self._check(final=False)
 
     def finish(self) -> bytes | None:
