@@ -233,6 +233,42 @@ def test_named_dialogues(servers: Servers, writes: list[bytes], config: int) -> 
     assert replies.endswith(b"221 Bye\r\n")
 
 
+@pytest.mark.parametrize(
+    "stream",
+    [
+        pytest.param(b"\r\nNOOP\r\n", id="empty-line"),
+        pytest.param(b"\xff\xfe x\r\n", id="non-ascii-command"),
+        pytest.param(b"EHLO c\r\nMAIL FROM:<\xc3\xa9@x.test>\r\n", id="non-ascii-argument"),
+        pytest.param(b"NOOP " + b"x" * 600 + b"\r\n", id="command-over-512"),
+        pytest.param(b"X" * 3000 + b"\r\nNOOP\r\n", id="command-over-reader-limit"),
+        pytest.param(b"A\r\nB\r\nC\r\nD\r\nE\r\nNOOP\r\n", id="bogus-commands-close"),
+        pytest.param(b"HELO c\r\nMAIL FROM:<a@b.test> SIZE=10\r\n", id="helo-params"),
+        pytest.param(
+            b"EHLO c\r\nMAIL FROM:<a@b.test> SIZE=999999 BODY=8BITMIME\r\n", id="size-over"
+        ),
+        pytest.param(
+            b"EHLO c\r\nMAIL FROM:<a@b.test> SMTPUTF8 BODY=8BITMIME\r\nMAIL FROM:<c@d.test>\r\n",
+            id="smtputf8-nested-mail",
+        ),
+        pytest.param(b"EHLO c\r\nDATA\r\nRCPT TO:<x@y.test>\r\n", id="out-of-order"),
+        pytest.param(
+            b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@y.test>\r\nDATA x\r\nRSET x\r\n",
+            id="arguments-refused",
+        ),
+        pytest.param(
+            b"HELP\r\nHELP MAIL\r\nEHLO c\r\nHELP RCPT\r\nHELP NOPE\r\nVRFY <a@b.test>\r\n"
+            b"VRFY\r\nEXPN x\r\nNOOP hi\r\nAUTH PLAIN\r\nSTARTTLS\r\nQUIT x\r\n",
+            id="other-commands",
+        ),
+        pytest.param(b"EHLO\r\nHELO\r\nMAIL FROM:<a@b.test>\r\n", id="no-hostname"),
+    ],
+)
+@pytest.mark.parametrize("config", [0, 2])
+def test_command_dialogues(servers: Servers, stream: bytes, config: int) -> None:
+    replies, _ = both(servers.pairs[config], [stream + b"QUIT\r\n"])
+    assert replies.startswith(b"220 h.test")
+
+
 def test_dot_stuffing_and_empty_body_decoded(servers: Servers) -> None:
     _, mails = both(servers.pairs[0], [_mail(b"..a\r\n.b\r\nc.\r\n.\r\nQUIT\r\n")])
     assert mails[0][4] == b".a\r\nb\r\nc.\r\n"
