@@ -248,7 +248,7 @@ def ingest(
     dead_smpp = free_port()  # nothing listens: jobs stay queued, only ingest is measured
     spool = spool or s.workdir / f"{label}.db"
     relay, relay_port = procs.relay(label, spool=spool, smpp_port=dead_smpp)
-    _, sink_port = procs.smtp_sink()
+    sink, sink_port = procs.smtp_sink()
     time.sleep(0.5)
     idle = rss_mb(relay.pid)
     warm_up(relay_port)
@@ -258,8 +258,11 @@ def ingest(
         for mode in modes:
             reuse = mode == "reuse"
             got: dict[str, float] = {}
+            cpu: dict[str, float] = {}
             for target, port in (("sink", sink_port), ("relay", relay_port)):
                 before = accepted_in_log(log)
+                pid = relay.pid if target == "relay" else sink.pid
+                cpu[target] = cpu_seconds(pid)
                 if exe is not None:
                     elapsed = load.run_smtp_source(
                         exe,
@@ -289,6 +292,7 @@ def ingest(
                     if ok != count:
                         raise RuntimeError(f"relay accepted {ok} of {count} mails (see {log})")
                 got[target] = ok / elapsed
+                cpu[target] = (cpu_seconds(pid) - cpu[target]) / count * 1e6
             rates[mode] = got["relay"]
             ratio = got["relay"] / got["sink"]
             s.say(
@@ -304,6 +308,10 @@ def ingest(
                     f"{sessions} sessions, {count} mails of {len(data)} B, "
                     f"{'smtp-source' if exe else 'python-load'}",
                 ).line()
+            )
+            s.say(
+                f"INFO {label}.{mode}.cpu: relay {cpu['relay']:.0f} µs per mail (all threads), "
+                f"bare sink {cpu['sink']:.0f} µs per mail"
             )
     s.say(
         f"INFO {label}.rss: idle {idle:.1f} MB, peak under load {rss.peak:.1f} MB "

@@ -40,6 +40,7 @@ from relay.rates import Exceeded, RateCheck, RateRules
 from relay.rates import Limits as RateLimits
 from relay.replies import smtp_reject_line
 from relay.routing import AccountRoute, Client, PhoneRoute, Refused, route_recipient
+from relay.smtp_session import LeanSMTP, SessionTables
 from relay.spool import Spool
 from relay.spool.model import NewMail, NewRequest
 
@@ -55,10 +56,11 @@ INLINE_MAX_BYTES = 4096
 DATA_LINE_LIMIT = 65536
 
 
-class RelaySMTP(SMTP):
-    """aiosmtpd's SMTP with the relay's answers: enhanced status codes for size (RFC 3463),
-    the AUTH LOGIN prompts Go clients expect, AUTH in clear on loopback when the operator allows
-    it, and AUTH (without STARTTLS) on an implicit-TLS port."""
+class RelaySMTP(LeanSMTP):
+    """aiosmtpd's SMTP (in its leaner form, relay.smtp_session) with the relay's answers:
+    enhanced status codes for size (RFC 3463), the AUTH LOGIN prompts Go clients expect, AUTH in
+    clear on loopback when the operator allows it, and AUTH (without STARTTLS) on an implicit-TLS
+    port."""
 
     line_length_limit = DATA_LINE_LIMIT
     AuthLoginUsernameChallenge = LOGIN_USERNAME_PROMPT
@@ -600,6 +602,7 @@ def smtp_factory(
     auth_plain_loopback: bool = False,
 ) -> Callable[[], RelaySMTP]:
     """A protocol factory for `loop.create_server` (the whole daemon runs on one loop)."""
+    tables = SessionTables.of(RelaySMTP, handler)  # once, not per connection
 
     def make() -> RelaySMTP:
         handler.counters.sessions += 1
@@ -617,6 +620,7 @@ def smtp_factory(
             authenticator=handler.authenticator,
             auth_require_tls=True,
             auth_plain_loopback=auth_plain_loopback,
+            tables=tables,
         )
 
     return make
