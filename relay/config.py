@@ -99,6 +99,10 @@ class SpoolConfig(_Section):
     lease: float = Field(30, gt=0)
     # Seconds between a node's heartbeats in a shared spool; live = seen within 3 of them.
     heartbeat: float = Field(2, gt=0)
+    # Issue 9: progress commits (a claim, a round of submits recorded), whose loss can only
+    # cause a re-send, are not fsynced each; on SQLite the WAL is fsynced at least this many
+    # seconds after the first one. 0: every commit fsyncs. `store()` (the 250) always does.
+    progress_fsync: float = Field(0.1, ge=0, le=10)
 
     @field_validator("url")
     @classmethod
