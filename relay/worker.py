@@ -19,9 +19,10 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from functools import partial
+from typing import Any, Protocol
 
 from relay.errors import SpoolError
 from relay.histogram import END_TO_END_BUCKETS, LATENCY_BUCKETS, Histogram
@@ -46,6 +47,10 @@ class Link(Protocol):
     def bound(self) -> bool: ...
 
     async def submit(self, sm: SubmitSm, *, throttle_retry_for: float = 0.0) -> SubmitOutcome: ...
+
+    def submit_nowait(
+        self, sm: SubmitSm, *, throttle_retry_for: float = 0.0
+    ) -> asyncio.Future[SubmitOutcome] | None: ...
 
 
 @dataclass
@@ -122,6 +127,9 @@ class Dispatcher:
         self._ready: deque[Job] = deque()  # claimed, not yet handed to a link
         self._held = 0  # handed to a link and not yet settled (answer recorded, retry, final)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._fast = 0  # submits on the fast path (no task) not yet answered
+        self._fast_idle = asyncio.Event()
+        self._fast_idle.set()
         self._accepted: list[tuple[Job, SubmitOutcome]] = []  # answered ROK, to be recorded
         self._recording = asyncio.Event()
         self._closing = False
@@ -180,11 +188,49 @@ class Dispatcher:
             while self._ready and self._held < self.capacity:
                 job = self._ready.popleft()
                 self._held += 1
-                task = asyncio.create_task(self._send(job))
-                self._tasks.add(task)
-                task.add_done_callback(self._sent)
+                if not self._send_now(job):
+                    self._spawn(self._send(job))
         if len(self._ready) <= self.capacity:
             self._need.set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._sent)
+
+    def _send_now(self, job: Job) -> bool:
+        """The fast path (issue 9): hand the job to a link that can send it at once, with a
+        callback for its answer instead of a task; False: `_send` it (a task that waits)."""
+        now = self.clock()
+        if now >= job.expires_at:
+            return False
+        link = self._pick()
+        if link is None:
+            return False
+        answer = link.submit_nowait(job.submit, throttle_retry_for=job.expires_at - now)
+        if answer is None:
+            return False
+        self._fast += 1
+        self._fast_idle.clear()
+        answer.add_done_callback(partial(self._answered, job, time.monotonic()))
+        return True
+
+    def _answered(self, job: Job, started: float, answer: asyncio.Future[SubmitOutcome]) -> None:
+        """A fast-path submit's answer: an accepted one goes to the recorder at once, anything
+        else to the same handling as `_send`'s, in a task (it writes to the spool)."""
+        if not answer.cancelled() and answer.exception() is None:
+            outcome = answer.result()
+            if outcome.command_status == 0:
+                self._observe(outcome, started)
+                self._accepted.append((job, outcome))
+                self._recording.set()
+            else:
+                self._spawn(self._send(job, (outcome, started)))
+        else:
+            self._spawn(self._send(job, answer))
+        self._fast -= 1
+        if self._fast == 0:
+            self._fast_idle.set()
 
     def _settled(self, n: int) -> None:
         """`n` held jobs are settled: their slots are free."""
@@ -198,8 +244,10 @@ class Dispatcher:
 
     async def _finish(self, recorder: asyncio.Task[None]) -> None:
         """Let the submits in flight end, record their answers, release the buffer."""
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        while self._tasks or self._fast:  # a fast answer may start a task, a task a fast send
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._fast_idle.wait()
         self._closing = True
         self._recording.set()
         await asyncio.gather(recorder, return_exceptions=True)
@@ -227,11 +275,21 @@ class Dispatcher:
         self._rr = (self._rr + 1) % len(bound)
         return bound[self._rr]
 
-    async def _send(self, job: Job) -> None:
-        """Submit one job; its slot is freed here, or by the recorder once accepted."""
+    async def _send(
+        self,
+        job: Job,
+        answered: tuple[SubmitOutcome, float] | asyncio.Future[SubmitOutcome] | None = None,
+    ) -> None:
+        """Submit one job (or handle the fast path's `answered`: an outcome and when it was
+        sent, or the failed future); its slot is freed here, or by the recorder once accepted."""
         handed = False
         try:
-            handed = await self._submit(job)
+            if answered is None:
+                handed = await self._submit(job)
+            elif isinstance(answered, tuple):
+                handed = await self._outcome(job, *answered)
+            else:
+                handed = await self._failed(job, answered)
         finally:
             if not handed:
                 self._settled(1)
@@ -265,8 +323,23 @@ class Dispatcher:
         except (ConnectionError, TimeoutError, OSError) as exc:
             await self._retry(job, f"{type(exc).__name__}: {exc}")
             return False
+        return await self._outcome(job, outcome, started)
+
+    async def _failed(self, job: Job, answer: asyncio.Future[SubmitOutcome]) -> bool:
+        """A fast-path submit ended without an answer (link lost, timeout): as in `_submit`."""
+        exc = asyncio.CancelledError() if answer.cancelled() else answer.exception()
+        if not isinstance(exc, (ConnectionError, TimeoutError, OSError)):
+            raise exc or AssertionError("a failed answer without an exception")
+        await self._retry(job, f"{type(exc).__name__}: {exc}")
+        return False
+
+    def _observe(self, outcome: SubmitOutcome, started: float) -> None:
         self.counters.latency.observe(time.monotonic() - started)
         self.counters.throttled += outcome.throttled
+
+    async def _outcome(self, job: Job, outcome: SubmitOutcome, started: float) -> bool:
+        """Act on the SMSC's answer; whether the job was accepted and handed to the recorder."""
+        self._observe(outcome, started)
         status = outcome.command_status
         if status == 0:
             self._accepted.append((job, outcome))

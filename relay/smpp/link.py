@@ -27,7 +27,9 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, Final, Literal
 
 from relay.config import SmppConfig
@@ -87,6 +89,44 @@ class SubmitTimeout(TimeoutError):
 
 class _ConnectionEnded(Exception):
     """Internal: this connection is over (peer closed, unbind, dead keepalive, garbage)."""
+
+
+class _Window:
+    """The bind's window: `size` slots, taken at once when one is free (`try_take`, the submit
+    fast path) or waited for in arrival order (`take`). Hand-written rather than an
+    asyncio.Semaphore, which has no non-blocking acquire: the fast path must not await."""
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def try_take(self) -> bool:
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return True
+        return False
+
+    async def take(self) -> None:
+        if self.try_take():
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter  # give() hands its slot over by resolving this
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.give()  # the slot was handed over as we were cancelled: pass it on
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    def give(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.free += 1
 
 
 class _Connection:
@@ -171,7 +211,8 @@ class UpstreamLink:
         self.rejected_pdus = 0  # PDUs from the SMSC answered with generic_nack
         self.last_bind_status: int | None = None
         self._conn: _Connection | None = None
-        self._window = asyncio.Semaphore(cfg.window)
+        self._window = _Window(cfg.window)
+        self._resends: set[asyncio.Task[None]] = set()  # throttled fast-path submits, re-sent
         self._bound = asyncio.Event()
         self._stopping = asyncio.Event()
         self._finished = asyncio.Event()
@@ -260,23 +301,130 @@ class UpstreamLink:
             raise LinkDown(f"{self.name} is stopping")
         loop = asyncio.get_running_loop()
         give_up = loop.time() + throttle_retry_for
-        throttled = 0
         self._inflight += 1
         self._idle.clear()
         try:
-            async with self._window:
-                while True:
-                    outcome = await self._submit_once(sm, loop, first=throttled > 0)
-                    if outcome.command_status not in THROTTLE_STATUSES:
-                        break
-                    throttled += 1
-                    if loop.time() + max(0.0, self._pause_until - loop.time()) >= give_up:
-                        break
-                return SubmitOutcome(outcome.command_status, outcome.message_id, throttled)
+            await self._window.take()
+            try:
+                return await self._until_not_throttled(sm, loop, give_up, throttled=0)
+            finally:
+                self._window.give()
         finally:
-            self._inflight -= 1
-            if self._inflight == 0:
-                self._idle.set()
+            self._done_one()
+
+    def submit_nowait(
+        self, sm: SubmitSm, *, throttle_retry_for: float = 0.0
+    ) -> asyncio.Future[SubmitOutcome] | None:
+        """`submit` without a task or a coroutine (issue 9: a task per submit was a third of a
+        window-10 round). When the link can send at once — bound, a window slot free, no
+        throttle pause, no throttled submit waiting to go first, the throughput cap's next slot
+        due — the submit_sm joins this loop turn's write and the future of its outcome is
+        returned, with `submit`'s outcomes and errors (a throttled one is re-sent first, by a
+        task, as `submit` does). None: it cannot go now; use `submit`, which waits."""
+        conn = self._conn
+        if (
+            conn is None
+            or conn.closed
+            or conn.session.state != "bound"
+            or self._stopping.is_set()
+            or self._retrying
+        ):
+            return None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._pause_until > now:
+            return None
+        if self._throughput > 0 and self._next_slot > now:
+            return None
+        if not self._window.try_take():
+            return None
+        if self._throughput > 0:
+            self._next_slot = now + 1.0 / self._throughput
+        self._inflight += 1
+        self._idle.clear()
+        outcome: asyncio.Future[SubmitOutcome] = loop.create_future()
+        answer = self._send(conn, sm, loop)
+        answer.add_done_callback(
+            partial(self._fast_answered, sm, outcome, now + throttle_retry_for)
+        )
+        return outcome
+
+    def _fast_answered(
+        self,
+        sm: SubmitSm,
+        outcome: asyncio.Future[SubmitOutcome],
+        give_up: float,
+        answer: asyncio.Future[SubmitOutcome],
+    ) -> None:
+        """A fast-path submit was answered (or failed): settle its caller's future."""
+        if not answer.cancelled() and answer.exception() is None and not outcome.done():
+            got = answer.result()
+            if got.command_status in THROTTLE_STATUSES:
+                loop = asyncio.get_running_loop()
+                if loop.time() + max(0.0, self._pause_until - loop.time()) < give_up:
+                    # Re-send first after the pause, keeping the window slot (as `submit`).
+                    task = loop.create_task(self._resend(sm, outcome, give_up))
+                    self._resends.add(task)
+                    task.add_done_callback(self._resends.discard)
+                    return
+                got = SubmitOutcome(got.command_status, got.message_id, 1)
+            outcome.set_result(got)
+        elif not outcome.done():
+            outcome.set_exception(
+                LinkDown(f"{self.name}: submit cancelled")
+                if answer.cancelled()
+                else answer.exception() or LinkDown(self.name)
+            )
+        self._window.give()
+        self._done_one()
+
+    async def _resend(
+        self, sm: SubmitSm, outcome: asyncio.Future[SubmitOutcome], give_up: float
+    ) -> None:
+        try:
+            got = await self._until_not_throttled(
+                sm, asyncio.get_running_loop(), give_up, throttled=1
+            )
+        except (ConnectionError, TimeoutError, OSError) as exc:
+            if not outcome.done():
+                outcome.set_exception(exc)
+        else:
+            if not outcome.done():
+                outcome.set_result(got)
+        finally:
+            if not outcome.done():  # cancelled (the link's task group is going away)
+                outcome.set_exception(LinkDown(f"{self.name} is stopping"))
+            self._window.give()
+            self._done_one()
+
+    def _done_one(self) -> None:
+        self._inflight -= 1
+        if self._inflight == 0:
+            self._idle.set()
+
+    async def _until_not_throttled(
+        self, sm: SubmitSm, loop: asyncio.AbstractEventLoop, give_up: float, *, throttled: int
+    ) -> SubmitOutcome:
+        """Send until the answer is not a throttle, or throttling outlasts `give_up`."""
+        while True:
+            outcome = await self._submit_once(sm, loop, first=throttled > 0)
+            if outcome.command_status not in THROTTLE_STATUSES:
+                break
+            throttled += 1
+            if loop.time() + max(0.0, self._pause_until - loop.time()) >= give_up:
+                break
+        return SubmitOutcome(outcome.command_status, outcome.message_id, throttled)
+
+    def _send(
+        self, conn: _Connection, sm: SubmitSm, loop: asyncio.AbstractEventLoop
+    ) -> asyncio.Future[SubmitOutcome]:
+        """Queue one submit_sm for this loop turn's write; the future of its answer."""
+        seq = conn.session.submit(sm)
+        fut: asyncio.Future[SubmitOutcome] = loop.create_future()
+        conn.pending[seq] = (fut, loop.time() + self._cfg.response_timeout)
+        conn.flush_soon(loop)
+        self.submits += 1
+        return fut
 
     async def _submit_once(
         self, sm: SubmitSm, loop: asyncio.AbstractEventLoop, *, first: bool
@@ -286,11 +434,7 @@ class UpstreamLink:
             self._retries_sent.clear()
         try:
             conn = await self._ready_to_send(loop, first=first)
-            seq = conn.session.submit(sm)
-            fut: asyncio.Future[SubmitOutcome] = loop.create_future()
-            conn.pending[seq] = (fut, loop.time() + self._cfg.response_timeout)
-            conn.flush_soon(loop)
-            self.submits += 1
+            fut = self._send(conn, sm, loop)
         finally:
             if first:
                 self._retrying -= 1
