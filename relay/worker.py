@@ -3,7 +3,8 @@
 At-least-once: a job whose submit_sm was written but whose response never came (the link
 dropped, the response timed out, or the daemon was killed) has an unknown outcome at the SMSC;
 it is sent again, so the only duplicates possible are the jobs in flight at that moment (at most
-`window` per bind). Every other retry follows an answer that says the SMSC did not take the
+`window` per bind; a power loss can also undo the records of the last `spool.progress_fsync`
+seconds, see relay.spool.base.Spool). Every other retry follows an answer that says the SMSC did not take the
 message (throttled, queue full, a transient error status), so it cannot create a second copy.
 
 Throttling (ESME_RTHROTTLED, ESME_RMSGQFUL) pauses the bind that said it, and the same job is
@@ -49,8 +50,12 @@ class Link(Protocol):
     async def submit(self, sm: SubmitSm, *, throttle_retry_for: float = 0.0) -> SubmitOutcome: ...
 
     def submit_nowait(
-        self, sm: SubmitSm, *, throttle_retry_for: float = 0.0
-    ) -> asyncio.Future[SubmitOutcome] | None: ...
+        self,
+        sm: SubmitSm,
+        on_answer: Callable[[SubmitOutcome | BaseException], None],
+        *,
+        throttle_retry_for: float = 0.0,
+    ) -> bool: ...
 
 
 @dataclass
@@ -207,27 +212,25 @@ class Dispatcher:
         link = self._pick()
         if link is None:
             return False
-        answer = link.submit_nowait(job.submit, throttle_retry_for=job.expires_at - now)
-        if answer is None:
+        on_answer = partial(self._answered, job, time.monotonic())
+        if not link.submit_nowait(job.submit, on_answer, throttle_retry_for=job.expires_at - now):
             return False
         self._fast += 1
         self._fast_idle.clear()
-        answer.add_done_callback(partial(self._answered, job, time.monotonic()))
         return True
 
-    def _answered(self, job: Job, started: float, answer: asyncio.Future[SubmitOutcome]) -> None:
-        """A fast-path submit's answer: an accepted one goes to the recorder at once, anything
-        else to the same handling as `_send`'s, in a task (it writes to the spool)."""
-        if not answer.cancelled() and answer.exception() is None:
-            outcome = answer.result()
-            if outcome.command_status == 0:
-                self._observe(outcome, started)
-                self._accepted.append((job, outcome))
-                self._recording.set()
-            else:
-                self._spawn(self._send(job, (outcome, started)))
+    def _answered(self, job: Job, started: float, got: SubmitOutcome | BaseException) -> None:
+        """A fast-path submit's answer (called by the link as it reads it): an accepted one
+        goes to the recorder at once, anything else to `_send`'s handling, in a task (it
+        writes to the spool)."""
+        if isinstance(got, SubmitOutcome) and got.command_status == 0:
+            self._observe(got, started)
+            self._accepted.append((job, got))
+            self._recording.set()
+        elif isinstance(got, SubmitOutcome):
+            self._spawn(self._send(job, (got, started)))
         else:
-            self._spawn(self._send(job, answer))
+            self._spawn(self._send(job, got))
         self._fast -= 1
         if self._fast == 0:
             self._fast_idle.set()
@@ -278,10 +281,10 @@ class Dispatcher:
     async def _send(
         self,
         job: Job,
-        answered: tuple[SubmitOutcome, float] | asyncio.Future[SubmitOutcome] | None = None,
+        answered: tuple[SubmitOutcome, float] | BaseException | None = None,
     ) -> None:
         """Submit one job (or handle the fast path's `answered`: an outcome and when it was
-        sent, or the failed future); its slot is freed here, or by the recorder once accepted."""
+        sent, or its exception); its slot is freed here, or by the recorder once accepted."""
         handed = False
         try:
             if answered is None:
@@ -325,11 +328,10 @@ class Dispatcher:
             return False
         return await self._outcome(job, outcome, started)
 
-    async def _failed(self, job: Job, answer: asyncio.Future[SubmitOutcome]) -> bool:
+    async def _failed(self, job: Job, exc: BaseException) -> bool:
         """A fast-path submit ended without an answer (link lost, timeout): as in `_submit`."""
-        exc = asyncio.CancelledError() if answer.cancelled() else answer.exception()
         if not isinstance(exc, (ConnectionError, TimeoutError, OSError)):
-            raise exc or AssertionError("a failed answer without an exception")
+            raise exc
         await self._retry(job, f"{type(exc).__name__}: {exc}")
         return False
 

@@ -29,7 +29,6 @@ import logging
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import Any, Final, Literal
 
 from relay.config import SmppConfig
@@ -129,6 +128,34 @@ class _Window:
         self.free += 1
 
 
+Answered = Callable[[SubmitOutcome | BaseException], None]
+
+
+class _Answer:
+    """A fast-path submit's entry in `_Connection.pending`: takes what the read loop, the
+    timeout sweep and a lost connection give a Future, but calls back at once, where a Future
+    would schedule its callbacks for later loop turns (issue 9: three turns per window-full)."""
+
+    __slots__ = ("_callback", "_done")
+
+    def __init__(self, callback: Answered) -> None:
+        self._callback = callback
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, outcome: SubmitOutcome) -> None:
+        if not self._done:
+            self._done = True
+            self._callback(outcome)
+
+    def set_exception(self, exc: BaseException) -> None:
+        if not self._done:
+            self._done = True
+            self._callback(exc)
+
+
 class _Connection:
     """One TCP connection and what is outstanding on it."""
 
@@ -140,7 +167,7 @@ class _Connection:
         self.session = EsmeSession()
         # sequence → (the submit's future, its response deadline on the loop clock); in send
         # order, so the deadlines are in order too (see UpstreamLink._expire).
-        self.pending: dict[int, tuple[asyncio.Future[SubmitOutcome], float]] = {}
+        self.pending: dict[int, tuple[asyncio.Future[SubmitOutcome] | _Answer, float]] = {}
         self.enquiries: dict[int, asyncio.Future[None]] = {}
         self.unbind_done: asyncio.Future[None] | None = None
         self.last_rx = now
@@ -313,14 +340,15 @@ class UpstreamLink:
             self._done_one()
 
     def submit_nowait(
-        self, sm: SubmitSm, *, throttle_retry_for: float = 0.0
-    ) -> asyncio.Future[SubmitOutcome] | None:
-        """`submit` without a task or a coroutine (issue 9: a task per submit was a third of a
+        self, sm: SubmitSm, on_answer: Answered, *, throttle_retry_for: float = 0.0
+    ) -> bool:
+        """`submit` without a task, a coroutine or a Future (issue 9: they were a third of a
         window-10 round). When the link can send at once — bound, a window slot free, no
         throttle pause, no throttled submit waiting to go first, the throughput cap's next slot
-        due — the submit_sm joins this loop turn's write and the future of its outcome is
-        returned, with `submit`'s outcomes and errors (a throttled one is re-sent first, by a
-        task, as `submit` does). None: it cannot go now; use `submit`, which waits."""
+        due — the submit_sm joins this loop turn's write, `on_answer` is called (from the read
+        loop, the timeout sweep or the connection's end) with `submit`'s outcome or exception
+        (a throttled one is re-sent first, by a task, as `submit` does), and True is returned.
+        False: it cannot go now (nothing was sent); use `submit`, which waits."""
         conn = self._conn
         if (
             conn is None
@@ -329,73 +357,52 @@ class UpstreamLink:
             or self._stopping.is_set()
             or self._retrying
         ):
-            return None
+            return False
         loop = asyncio.get_running_loop()
         now = loop.time()
         if self._pause_until > now:
-            return None
+            return False
         if self._throughput > 0 and self._next_slot > now:
-            return None
+            return False
         if not self._window.try_take():
-            return None
+            return False
         if self._throughput > 0:
             self._next_slot = now + 1.0 / self._throughput
         self._inflight += 1
         self._idle.clear()
-        outcome: asyncio.Future[SubmitOutcome] = loop.create_future()
-        answer = self._send(conn, sm, loop)
-        answer.add_done_callback(
-            partial(self._fast_answered, sm, outcome, now + throttle_retry_for)
-        )
-        return outcome
+        give_up = now + throttle_retry_for
+        answer = _Answer(lambda got: self._fast_answered(sm, on_answer, give_up, got))
+        self._send(conn, sm, loop, answer)
+        return True
 
     def _fast_answered(
-        self,
-        sm: SubmitSm,
-        outcome: asyncio.Future[SubmitOutcome],
-        give_up: float,
-        answer: asyncio.Future[SubmitOutcome],
+        self, sm: SubmitSm, on_answer: Answered, give_up: float, got: SubmitOutcome | BaseException
     ) -> None:
-        """A fast-path submit was answered (or failed): settle its caller's future."""
-        if not answer.cancelled() and answer.exception() is None and not outcome.done():
-            got = answer.result()
-            if got.command_status in THROTTLE_STATUSES:
-                loop = asyncio.get_running_loop()
-                if loop.time() + max(0.0, self._pause_until - loop.time()) < give_up:
-                    # Re-send first after the pause, keeping the window slot (as `submit`).
-                    task = loop.create_task(self._resend(sm, outcome, give_up))
-                    self._resends.add(task)
-                    task.add_done_callback(self._resends.discard)
-                    return
-                got = SubmitOutcome(got.command_status, got.message_id, 1)
-            outcome.set_result(got)
-        elif not outcome.done():
-            outcome.set_exception(
-                LinkDown(f"{self.name}: submit cancelled")
-                if answer.cancelled()
-                else answer.exception() or LinkDown(self.name)
-            )
+        if isinstance(got, SubmitOutcome) and got.command_status in THROTTLE_STATUSES:
+            loop = asyncio.get_running_loop()
+            if loop.time() + max(0.0, self._pause_until - loop.time()) < give_up:
+                # Re-send first after the pause, keeping the window slot (as `submit`).
+                task = loop.create_task(self._resend(sm, on_answer, give_up))
+                self._resends.add(task)
+                task.add_done_callback(self._resends.discard)
+                return
+            got = SubmitOutcome(got.command_status, got.message_id, 1)
         self._window.give()
         self._done_one()
+        on_answer(got)
 
-    async def _resend(
-        self, sm: SubmitSm, outcome: asyncio.Future[SubmitOutcome], give_up: float
-    ) -> None:
+    async def _resend(self, sm: SubmitSm, on_answer: Answered, give_up: float) -> None:
+        got: SubmitOutcome | BaseException = LinkDown(f"{self.name} is stopping")
         try:
             got = await self._until_not_throttled(
                 sm, asyncio.get_running_loop(), give_up, throttled=1
             )
         except (ConnectionError, TimeoutError, OSError) as exc:
-            if not outcome.done():
-                outcome.set_exception(exc)
-        else:
-            if not outcome.done():
-                outcome.set_result(got)
-        finally:
-            if not outcome.done():  # cancelled (the link's task group is going away)
-                outcome.set_exception(LinkDown(f"{self.name} is stopping"))
+            got = exc
+        finally:  # also when cancelled (the link's task group is going away): LinkDown
             self._window.give()
             self._done_one()
+            on_answer(got)
 
     def _done_one(self) -> None:
         self._inflight -= 1
@@ -416,15 +423,17 @@ class UpstreamLink:
         return SubmitOutcome(outcome.command_status, outcome.message_id, throttled)
 
     def _send(
-        self, conn: _Connection, sm: SubmitSm, loop: asyncio.AbstractEventLoop
-    ) -> asyncio.Future[SubmitOutcome]:
-        """Queue one submit_sm for this loop turn's write; the future of its answer."""
+        self,
+        conn: _Connection,
+        sm: SubmitSm,
+        loop: asyncio.AbstractEventLoop,
+        answer: asyncio.Future[SubmitOutcome] | _Answer,
+    ) -> None:
+        """Queue one submit_sm for this loop turn's write; `answer` gets its outcome."""
         seq = conn.session.submit(sm)
-        fut: asyncio.Future[SubmitOutcome] = loop.create_future()
-        conn.pending[seq] = (fut, loop.time() + self._cfg.response_timeout)
+        conn.pending[seq] = (answer, loop.time() + self._cfg.response_timeout)
         conn.flush_soon(loop)
         self.submits += 1
-        return fut
 
     async def _submit_once(
         self, sm: SubmitSm, loop: asyncio.AbstractEventLoop, *, first: bool
@@ -434,7 +443,8 @@ class UpstreamLink:
             self._retries_sent.clear()
         try:
             conn = await self._ready_to_send(loop, first=first)
-            fut = self._send(conn, sm, loop)
+            fut: asyncio.Future[SubmitOutcome] = loop.create_future()
+            self._send(conn, sm, loop, fut)
         finally:
             if first:
                 self._retrying -= 1
