@@ -4,8 +4,9 @@ At-least-once: a job whose submit_sm was written but whose response never came (
 dropped, the response timed out, or the daemon was killed) has an unknown outcome at the SMSC;
 it is sent again, so the only duplicates possible are the jobs in flight at that moment (at most
 `window` per bind; a power loss can also undo the records of the last `spool.progress_fsync`
-seconds, see relay.spool.base.Spool). Every other retry follows an answer that says the SMSC did not take the
-message (throttled, queue full, a transient error status), so it cannot create a second copy.
+seconds, see relay.spool.base.Spool). Every other retry follows an answer that says the SMSC
+did not take the message (throttled, queue full, a transient error status), so it cannot
+create a second copy.
 
 Throttling (ESME_RTHROTTLED, ESME_RMSGQFUL) pauses the bind that said it, and the same job is
 re-sent first when the pause ends, still claimed (`sending`), until its validity ends; it never
