@@ -105,6 +105,10 @@ class SpoolConfig(_Section):
     keep_days: float = Field(30, ge=0)
     # Seconds between pruning rounds (the first one comes after min(60, this)).
     prune_interval: float = Field(600, gt=0)
+    # Issue 9: progress commits (a claim, a round of submits recorded), whose loss can only
+    # cause a re-send, are not fsynced each; on SQLite the WAL is fsynced at least this many
+    # seconds after the first one. 0: every commit fsyncs. `store()` (the 250) always does.
+    progress_fsync: float = Field(0.1, ge=0, le=10)
 
     @field_validator("url")
     @classmethod

@@ -3,8 +3,10 @@
 At-least-once: a job whose submit_sm was written but whose response never came (the link
 dropped, the response timed out, or the daemon was killed) has an unknown outcome at the SMSC;
 it is sent again, so the only duplicates possible are the jobs in flight at that moment (at most
-`window` per bind). Every other retry follows an answer that says the SMSC did not take the
-message (throttled, queue full, a transient error status), so it cannot create a second copy.
+`window` per bind; a power loss can also undo the records of the last `spool.progress_fsync`
+seconds, see relay.spool.base.Spool). Every other retry follows an answer that says the SMSC
+did not take the message (throttled, queue full, a transient error status), so it cannot
+create a second copy.
 
 Throttling (ESME_RTHROTTLED, ESME_RMSGQFUL) pauses the bind that said it, and the same job is
 re-sent first when the pause ends, still claimed (`sending`), until its validity ends; it never
@@ -19,9 +21,10 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from functools import partial
+from typing import Any, Protocol
 
 from relay.errors import SpoolError
 from relay.histogram import END_TO_END_BUCKETS, LATENCY_BUCKETS, Histogram
@@ -46,6 +49,14 @@ class Link(Protocol):
     def bound(self) -> bool: ...
 
     async def submit(self, sm: SubmitSm, *, throttle_retry_for: float = 0.0) -> SubmitOutcome: ...
+
+    def submit_nowait(
+        self,
+        sm: SubmitSm,
+        on_answer: Callable[[SubmitOutcome | BaseException], None],
+        *,
+        throttle_retry_for: float = 0.0,
+    ) -> bool: ...
 
 
 @dataclass
@@ -122,6 +133,9 @@ class Dispatcher:
         self._ready: deque[Job] = deque()  # claimed, not yet handed to a link
         self._held = 0  # handed to a link and not yet settled (answer recorded, retry, final)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._fast = 0  # submits on the fast path (no task) not yet answered
+        self._fast_idle = asyncio.Event()
+        self._fast_idle.set()
         self._accepted: list[tuple[Job, SubmitOutcome]] = []  # answered ROK, to be recorded
         self._recording = asyncio.Event()
         self._closing = False
@@ -180,11 +194,47 @@ class Dispatcher:
             while self._ready and self._held < self.capacity:
                 job = self._ready.popleft()
                 self._held += 1
-                task = asyncio.create_task(self._send(job))
-                self._tasks.add(task)
-                task.add_done_callback(self._sent)
+                if not self._send_now(job):
+                    self._spawn(self._send(job))
         if len(self._ready) <= self.capacity:
             self._need.set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._sent)
+
+    def _send_now(self, job: Job) -> bool:
+        """The fast path (issue 9): hand the job to a link that can send it at once, with a
+        callback for its answer instead of a task; False: `_send` it (a task that waits)."""
+        now = self.clock()
+        if now >= job.expires_at:
+            return False
+        link = self._pick()
+        if link is None:
+            return False
+        on_answer = partial(self._answered, job, time.monotonic())
+        if not link.submit_nowait(job.submit, on_answer, throttle_retry_for=job.expires_at - now):
+            return False
+        self._fast += 1
+        self._fast_idle.clear()
+        return True
+
+    def _answered(self, job: Job, started: float, got: SubmitOutcome | BaseException) -> None:
+        """A fast-path submit's answer (called by the link as it reads it): an accepted one
+        goes to the recorder at once, anything else to `_send`'s handling, in a task (it
+        writes to the spool)."""
+        if isinstance(got, SubmitOutcome) and got.command_status == 0:
+            self._observe(got, started)
+            self._accepted.append((job, got))
+            self._recording.set()
+        elif isinstance(got, SubmitOutcome):
+            self._spawn(self._send(job, (got, started)))
+        else:
+            self._spawn(self._send(job, got))
+        self._fast -= 1
+        if self._fast == 0:
+            self._fast_idle.set()
 
     def _settled(self, n: int) -> None:
         """`n` held jobs are settled: their slots are free."""
@@ -198,8 +248,10 @@ class Dispatcher:
 
     async def _finish(self, recorder: asyncio.Task[None]) -> None:
         """Let the submits in flight end, record their answers, release the buffer."""
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        while self._tasks or self._fast:  # a fast answer may start a task, a task a fast send
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._fast_idle.wait()
         self._closing = True
         self._recording.set()
         await asyncio.gather(recorder, return_exceptions=True)
@@ -227,11 +279,21 @@ class Dispatcher:
         self._rr = (self._rr + 1) % len(bound)
         return bound[self._rr]
 
-    async def _send(self, job: Job) -> None:
-        """Submit one job; its slot is freed here, or by the recorder once accepted."""
+    async def _send(
+        self,
+        job: Job,
+        answered: tuple[SubmitOutcome, float] | BaseException | None = None,
+    ) -> None:
+        """Submit one job (or handle the fast path's `answered`: an outcome and when it was
+        sent, or its exception); its slot is freed here, or by the recorder once accepted."""
         handed = False
         try:
-            handed = await self._submit(job)
+            if answered is None:
+                handed = await self._submit(job)
+            elif isinstance(answered, tuple):
+                handed = await self._outcome(job, *answered)
+            else:
+                handed = await self._failed(job, answered)
         finally:
             if not handed:
                 self._settled(1)
@@ -265,8 +327,22 @@ class Dispatcher:
         except (ConnectionError, TimeoutError, OSError) as exc:
             await self._retry(job, f"{type(exc).__name__}: {exc}")
             return False
+        return await self._outcome(job, outcome, started)
+
+    async def _failed(self, job: Job, exc: BaseException) -> bool:
+        """A fast-path submit ended without an answer (link lost, timeout): as in `_submit`."""
+        if not isinstance(exc, (ConnectionError, TimeoutError, OSError)):
+            raise exc
+        await self._retry(job, f"{type(exc).__name__}: {exc}")
+        return False
+
+    def _observe(self, outcome: SubmitOutcome, started: float) -> None:
         self.counters.latency.observe(time.monotonic() - started)
         self.counters.throttled += outcome.throttled
+
+    async def _outcome(self, job: Job, outcome: SubmitOutcome, started: float) -> bool:
+        """Act on the SMSC's answer; whether the job was accepted and handed to the recorder."""
+        self._observe(outcome, started)
         status = outcome.command_status
         if status == 0:
             self._accepted.append((job, outcome))

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Literal
 
@@ -89,6 +90,72 @@ class _ConnectionEnded(Exception):
     """Internal: this connection is over (peer closed, unbind, dead keepalive, garbage)."""
 
 
+class _Window:
+    """The bind's window: `size` slots, taken at once when one is free (`try_take`, the submit
+    fast path) or waited for in arrival order (`take`). Hand-written rather than an
+    asyncio.Semaphore, which has no non-blocking acquire: the fast path must not await."""
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def try_take(self) -> bool:
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return True
+        return False
+
+    async def take(self) -> None:
+        if self.try_take():
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter  # give() hands its slot over by resolving this
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.give()  # the slot was handed over as we were cancelled: pass it on
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    def give(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.free += 1
+
+
+Answered = Callable[[SubmitOutcome | BaseException], None]
+
+
+class _Answer:
+    """A fast-path submit's entry in `_Connection.pending`: takes what the read loop, the
+    timeout sweep and a lost connection give a Future, but calls back at once, where a Future
+    would schedule its callbacks for later loop turns (issue 9: three turns per window-full)."""
+
+    __slots__ = ("_callback", "_done")
+
+    def __init__(self, callback: Answered) -> None:
+        self._callback = callback
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, outcome: SubmitOutcome) -> None:
+        if not self._done:
+            self._done = True
+            self._callback(outcome)
+
+    def set_exception(self, exc: BaseException) -> None:
+        if not self._done:
+            self._done = True
+            self._callback(exc)
+
+
 class _Connection:
     """One TCP connection and what is outstanding on it."""
 
@@ -100,7 +167,7 @@ class _Connection:
         self.session = EsmeSession()
         # sequence → (the submit's future, its response deadline on the loop clock); in send
         # order, so the deadlines are in order too (see UpstreamLink._expire).
-        self.pending: dict[int, tuple[asyncio.Future[SubmitOutcome], float]] = {}
+        self.pending: dict[int, tuple[asyncio.Future[SubmitOutcome] | _Answer, float]] = {}
         self.enquiries: dict[int, asyncio.Future[None]] = {}
         self.unbind_done: asyncio.Future[None] | None = None
         self.last_rx = now
@@ -171,7 +238,8 @@ class UpstreamLink:
         self.rejected_pdus = 0  # PDUs from the SMSC answered with generic_nack
         self.last_bind_status: int | None = None
         self._conn: _Connection | None = None
-        self._window = asyncio.Semaphore(cfg.window)
+        self._window = _Window(cfg.window)
+        self._resends: set[asyncio.Task[None]] = set()  # throttled fast-path submits, re-sent
         self._bound = asyncio.Event()
         self._stopping = asyncio.Event()
         self._finished = asyncio.Event()
@@ -260,23 +328,112 @@ class UpstreamLink:
             raise LinkDown(f"{self.name} is stopping")
         loop = asyncio.get_running_loop()
         give_up = loop.time() + throttle_retry_for
-        throttled = 0
         self._inflight += 1
         self._idle.clear()
         try:
-            async with self._window:
-                while True:
-                    outcome = await self._submit_once(sm, loop, first=throttled > 0)
-                    if outcome.command_status not in THROTTLE_STATUSES:
-                        break
-                    throttled += 1
-                    if loop.time() + max(0.0, self._pause_until - loop.time()) >= give_up:
-                        break
-                return SubmitOutcome(outcome.command_status, outcome.message_id, throttled)
+            await self._window.take()
+            try:
+                return await self._until_not_throttled(sm, loop, give_up, throttled=0)
+            finally:
+                self._window.give()
         finally:
-            self._inflight -= 1
-            if self._inflight == 0:
-                self._idle.set()
+            self._done_one()
+
+    def submit_nowait(
+        self, sm: SubmitSm, on_answer: Answered, *, throttle_retry_for: float = 0.0
+    ) -> bool:
+        """`submit` without a task, a coroutine or a Future (issue 9: they were a third of a
+        window-10 round). When the link can send at once — bound, a window slot free, no
+        throttle pause, no throttled submit waiting to go first, the throughput cap's next slot
+        due — the submit_sm joins this loop turn's write, `on_answer` is called (from the read
+        loop, the timeout sweep or the connection's end) with `submit`'s outcome or exception
+        (a throttled one is re-sent first, by a task, as `submit` does), and True is returned.
+        False: it cannot go now (nothing was sent); use `submit`, which waits."""
+        conn = self._conn
+        if (
+            conn is None
+            or conn.closed
+            or conn.session.state != "bound"
+            or self._stopping.is_set()
+            or self._retrying
+        ):
+            return False
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._pause_until > now:
+            return False
+        if self._throughput > 0 and self._next_slot > now:
+            return False
+        if not self._window.try_take():
+            return False
+        if self._throughput > 0:
+            self._next_slot = now + 1.0 / self._throughput
+        self._inflight += 1
+        self._idle.clear()
+        give_up = now + throttle_retry_for
+        answer = _Answer(lambda got: self._fast_answered(sm, on_answer, give_up, got))
+        self._send(conn, sm, loop, answer)
+        return True
+
+    def _fast_answered(
+        self, sm: SubmitSm, on_answer: Answered, give_up: float, got: SubmitOutcome | BaseException
+    ) -> None:
+        if isinstance(got, SubmitOutcome) and got.command_status in THROTTLE_STATUSES:
+            loop = asyncio.get_running_loop()
+            if loop.time() + max(0.0, self._pause_until - loop.time()) < give_up:
+                # Re-send first after the pause, keeping the window slot (as `submit`).
+                task = loop.create_task(self._resend(sm, on_answer, give_up))
+                self._resends.add(task)
+                task.add_done_callback(self._resends.discard)
+                return
+            got = SubmitOutcome(got.command_status, got.message_id, 1)
+        self._window.give()
+        self._done_one()
+        on_answer(got)
+
+    async def _resend(self, sm: SubmitSm, on_answer: Answered, give_up: float) -> None:
+        got: SubmitOutcome | BaseException = LinkDown(f"{self.name} is stopping")
+        try:
+            got = await self._until_not_throttled(
+                sm, asyncio.get_running_loop(), give_up, throttled=1
+            )
+        except (ConnectionError, TimeoutError, OSError) as exc:
+            got = exc
+        finally:  # also when cancelled (the link's task group is going away): LinkDown
+            self._window.give()
+            self._done_one()
+            on_answer(got)
+
+    def _done_one(self) -> None:
+        self._inflight -= 1
+        if self._inflight == 0:
+            self._idle.set()
+
+    async def _until_not_throttled(
+        self, sm: SubmitSm, loop: asyncio.AbstractEventLoop, give_up: float, *, throttled: int
+    ) -> SubmitOutcome:
+        """Send until the answer is not a throttle, or throttling outlasts `give_up`."""
+        while True:
+            outcome = await self._submit_once(sm, loop, first=throttled > 0)
+            if outcome.command_status not in THROTTLE_STATUSES:
+                break
+            throttled += 1
+            if loop.time() + max(0.0, self._pause_until - loop.time()) >= give_up:
+                break
+        return SubmitOutcome(outcome.command_status, outcome.message_id, throttled)
+
+    def _send(
+        self,
+        conn: _Connection,
+        sm: SubmitSm,
+        loop: asyncio.AbstractEventLoop,
+        answer: asyncio.Future[SubmitOutcome] | _Answer,
+    ) -> None:
+        """Queue one submit_sm for this loop turn's write; `answer` gets its outcome."""
+        seq = conn.session.submit(sm)
+        conn.pending[seq] = (answer, loop.time() + self._cfg.response_timeout)
+        conn.flush_soon(loop)
+        self.submits += 1
 
     async def _submit_once(
         self, sm: SubmitSm, loop: asyncio.AbstractEventLoop, *, first: bool
@@ -286,11 +443,8 @@ class UpstreamLink:
             self._retries_sent.clear()
         try:
             conn = await self._ready_to_send(loop, first=first)
-            seq = conn.session.submit(sm)
             fut: asyncio.Future[SubmitOutcome] = loop.create_future()
-            conn.pending[seq] = (fut, loop.time() + self._cfg.response_timeout)
-            conn.flush_soon(loop)
-            self.submits += 1
+            self._send(conn, sm, loop, fut)
         finally:
             if first:
                 self._retrying -= 1

@@ -22,11 +22,22 @@ from relay.spool.model import (
 from relay.spool.prune_model import PruneStep
 from relay.spool.retention import Cutoffs
 
+# Issue 9: how long (s) a progress commit may go without its fsync (`spool.progress_fsync`).
+DEFAULT_PROGRESS_FSYNC = 0.1
+
 
 class Spool(Protocol):
     """Durable store of requests, SMS jobs and outbound mails.
 
-    Every method that changes state returns only after the change is durably committed.
+    Every method that changes state returns only after the change is committed, and durably
+    (fsynced) except the *progress* commits of `claim` and `mark_submitted_many` when the spool
+    was opened with `progress_fsync` > 0: those survive a crash of the relay process (they
+    are in the database's log, in the kernel's or the server's memory) but a power loss or OS
+    crash may undo the last `progress_fsync` seconds of them (SQLite; PostgreSQL: its
+    `wal_writer_delay` × 3). Undoing one only puts its jobs back to `sending`/`queued`, to be
+    sent again: a duplicate, never a loss. Any later durable commit (a `store` before its
+    `250`, a receipt) makes every earlier progress commit durable too: both logs are
+    sequential.
     """
 
     async def open(self) -> None: ...

@@ -63,6 +63,7 @@ from relay.config import LimitsConfig
 from relay.errors import ErrorCode, SpoolError
 from relay.rates import MINUTE, RateCheck, Usage, active, first_exceeded, utc_day
 from relay.spool import pg_prune
+from relay.spool.base import DEFAULT_PROGRESS_FSYNC
 from relay.spool.migrations import Migration, migrate, schema_version
 from relay.spool.model import (
     RECEIPT_APPLIED,
@@ -142,10 +143,14 @@ class PostgresSpool:
         node: str = "",
         lease: float = DEFAULT_LEASE,
         pool_size: int = POOL_SIZE,
+        progress_fsync: float = DEFAULT_PROGRESS_FSYNC,
     ) -> None:
         self._url = url
         self.node = node or default_node()
         self.lease = lease
+        # Issue 9: > 0: claims and recorded submits commit with synchronous_commit = off (the
+        # server's WAL writer flushes them within 3 × wal_writer_delay; see Spool's docstring).
+        self._progress_async = progress_fsync > 0
         self._pool_size = pool_size
         self._pool: psycopg_pool.AsyncConnectionPool[AsyncConnection[TupleRow]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -231,7 +236,8 @@ class PostgresSpool:
 
     # -- transactions ----------------------------------------------------------------------
 
-    async def _tx(self, op: Callable[[_Cursor], Awaitable[T]]) -> T:
+    async def _tx(self, op: Callable[[_Cursor], Awaitable[T]], *, durable: bool = True) -> T:
+        """Run `op` in one transaction; `durable=False`: a progress commit (Spool docstring)."""
         if self._pool is None:
             raise SpoolError("spool is not open")
         for attempt in range(1, _RETRIES + 1):
@@ -241,6 +247,10 @@ class PostgresSpool:
                     conn.transaction(),
                     conn.cursor() as cur,
                 ):
+                    if not durable and self._progress_async:
+                        # This transaction only: its COMMIT returns without waiting for the
+                        # WAL flush; every other commit on the server still waits for it.
+                        await cur.execute("SET LOCAL synchronous_commit = off")
                     return await op(cur)
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:
                 if attempt == _RETRIES:
@@ -447,7 +457,7 @@ class PostgresSpool:
                 for r in rows
             ]
 
-        return await self._tx(op)
+        return await self._tx(op, durable=False)  # lost: the jobs are claimed again
 
     async def next_due(self) -> float | None:
         async def op(cur: _Cursor) -> float | None:
@@ -498,7 +508,8 @@ class PostgresSpool:
                 states[i] = applied or states[i]
             return states
 
-        return await self._tx(op) if items else []
+        # Lost (power loss only): the jobs stay `sending` and are sent again.
+        return await self._tx(op, durable=False) if items else []
 
     async def release(self, job_ids: Sequence[int]) -> None:
         ids = list(job_ids)

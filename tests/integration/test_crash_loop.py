@@ -5,6 +5,8 @@ after a short delay (so submits are always in flight); the daemon is SIGKILLed 1
 random moments and restarted each time. Afterwards every accepted SMS must have reached the
 SMSC (zero lost), and the duplicates — re-sends of submits whose answer the killed process
 never recorded — are counted, printed, and bounded by kills x window (the at-least-once window).
+Both with the progress commits fsynced one by one and without (`spool.progress_fsync`, issue 9:
+a process crash must not lose a commit that was not fsynced).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import smtplib
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from relay.smpp.simulator import SimFaults
 from tests.integration.upstream import upstream_stack
 
@@ -25,11 +29,19 @@ KILLS = 12
 WINDOW = 10
 
 
-async def test_sigkill_loop_loses_nothing_and_duplicates_only_in_flight(tmp_path: Path) -> None:
+@pytest.mark.parametrize("progress_fsync", [5.0, 0.0], ids=["deferred", "fsync"])
+async def test_sigkill_loop_loses_nothing_and_duplicates_only_in_flight(
+    tmp_path: Path, progress_fsync: float
+) -> None:
     rng = random.Random(5)  # reproducible kill moments
     faults = SimFaults(response_delay=0.02)
     async with upstream_stack(
-        tmp_path, faults, smpp_window=WINDOW, smpp_throughput=400, smpp_reconnect_min=0.05
+        tmp_path,
+        faults,
+        smpp_window=WINDOW,
+        smpp_throughput=400,
+        smpp_reconnect_min=0.05,
+        spool_progress_fsync=progress_fsync,
     ) as st:
         accepted: list[str] = []
         attempted: set[str] = set()

@@ -386,3 +386,73 @@ async def test_throughput_cap() -> None:
             elapsed = time.monotonic() - started
         # 51 sends at 50/s: the last goes 1.0 s after the first (±5 %, plus scheduling slack).
         assert 0.95 <= elapsed <= 1.15
+
+
+# -- issue 9: the submit fast path (no task, no coroutine per submit) ------------------------
+
+
+def nowait(link: UpstreamLink, text: str, **kw: Any) -> asyncio.Future[SubmitOutcome] | None:
+    """`submit_nowait` with its answer in a future (None: it did not send)."""
+    fut: asyncio.Future[SubmitOutcome] = asyncio.get_running_loop().create_future()
+
+    def on_answer(got: SubmitOutcome | BaseException) -> None:
+        assert not fut.done(), "answered twice"
+        if isinstance(got, BaseException):
+            fut.set_exception(got)
+        else:
+            fut.set_result(got)
+
+    return fut if link.submit_nowait(sm(text), on_answer, **kw) else None
+
+
+async def test_submit_nowait_fills_the_window_without_tasks_then_says_wait() -> None:
+    async with SmscSimulator(receipts=False, faults=SimFaults(response_delay=0.1)) as sim:
+        link = UpstreamLink(config(sim.port, window=3), on_deliver=Delivered())
+        async with running(link):
+            tasks = len(asyncio.all_tasks())
+            futures = [nowait(link, f"m{i}") for i in range(4)]
+            assert len(asyncio.all_tasks()) == tasks  # no task per submit
+            assert futures[3] is None  # the window is full: the caller must use submit()
+            assert link.outstanding == 3
+            outcomes = await asyncio.gather(*(f for f in futures if f is not None))
+            assert [o.command_status for o in outcomes] == [0, 0, 0]
+            assert len({o.message_id for o in outcomes}) == 3
+            again = nowait(link, "m3")  # the slots are free again
+            assert again is not None and (await again).command_status == 0
+            await link.stop(timeout=2)
+            assert nowait(link, "late") is None
+        assert sim.max_outstanding == 3
+        assert [r.text for r in sim.received] == ["m0", "m1", "m2", "m3"]
+
+
+async def test_submit_nowait_throttled_is_resent_first_after_the_pause() -> None:
+    async with SmscSimulator(receipts=False, faults=SimFaults(throttle_every=2)) as sim:
+        link = UpstreamLink(config(sim.port, window=2), on_deliver=Delivered(), throttle_pause=0.2)
+        async with running(link):
+            first = nowait(link, "a")
+            second = nowait(link, "b", throttle_retry_for=5)  # answered throttled
+            assert first is not None and second is not None
+            assert (await first).command_status == 0
+            await sim.wait_until(lambda: link.throttled == 1, 2)  # "b" throttled: a pause
+            assert nowait(link, "c") is None  # paused: no fast path
+            # Waits for the pause and for "b"; it is the 4th submit: throttled, re-sent too.
+            waiting = asyncio.create_task(link.submit(sm("c"), throttle_retry_for=5))
+            started = time.monotonic()
+            outcome = await second
+            assert time.monotonic() - started >= 0.1
+            assert (outcome.command_status, outcome.throttled) == (0, 1)
+            assert (await waiting).command_status == 0
+        assert [r.text for r in sim.received] == ["a", "b", "c"]  # "b" kept its place
+        assert link.throttled == 2
+
+
+async def test_submit_nowait_outstanding_when_link_drops_raises_link_down() -> None:
+    async with SmscSimulator(receipts=False, faults=SimFaults(response_delay=1.0)) as sim:
+        link = UpstreamLink(config(sim.port), on_deliver=Delivered())
+        async with running(link):
+            fut = nowait(link, "hello")
+            assert fut is not None
+            await sim.wait_for(1, 2)
+            await sim.drop_connections()
+            with pytest.raises(LinkDown):
+                await fut

@@ -29,6 +29,7 @@ from relay.spool.model import (
     NewRequest,
     NoticeOutcome,
     StoreResult,
+    Submitted,
 )
 from relay.spool.postgres import PostgresSpool, migrate_url
 from tests.postgres import pg_reset, pg_rows
@@ -392,3 +393,35 @@ async def test_nodes_prune_one_at_a_time_and_each_row_once(
     )
     assert sum(r.get("requests", 0) for r in rounds) == 30
     assert pg_rows(pg_url, "SELECT COUNT(*) FROM requests") == [(0,)]
+
+
+async def _synchronous_commit(cur: psycopg.AsyncCursor[tuple[object, ...]]) -> str:
+    await cur.execute("SHOW synchronous_commit")
+    row = await cur.fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+async def test_progress_commits_do_not_wait_for_the_wal_flush(pg_url: str) -> None:
+    """Issue 9: claim and mark_submitted_many commit with synchronous_commit = off (their loss
+    in a server crash only re-sends), every other transaction waits for the flush."""
+    pg_reset(pg_url)
+    deferred = PostgresSpool(pg_url, node="a")
+    strict = PostgresSpool(pg_url, node="b", progress_fsync=0)
+    await deferred.open()
+    await strict.open()
+    try:
+        assert await deferred._tx(_synchronous_commit, durable=False) == "off"
+        assert await deferred._tx(_synchronous_commit) == "on"
+        assert await strict._tx(_synchronous_commit, durable=False) == "on"
+        # SET LOCAL: the pooled connection is back to the server's setting afterwards.
+        assert await deferred._tx(_synchronous_commit) == "on"
+        await deferred.store(request(2))
+        jobs = await deferred.claim(10, T0)
+        states = await deferred.mark_submitted_many(
+            [Submitted(j.id, f"m{j.id}", (f"m{j.id}",)) for j in jobs], T0
+        )
+        assert states == [JobState.SUBMITTED] * 2
+    finally:
+        await deferred.close()
+        await strict.close()

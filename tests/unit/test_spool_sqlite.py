@@ -233,3 +233,111 @@ async def test_failed_operation_leaves_nothing_alone_or_in_a_batch(tmp_path: Pat
         assert (await spool.counts())["queued"] == 1
     finally:
         await spool.close()
+
+
+# -- issue 9: progress commits (claim, mark_submitted_many) without an fsync each ------------
+
+
+def _synchronous(conn: object) -> int:
+    """PRAGMA synchronous inside the writer's transaction: 2 = FULL (fsync), 1 = NORMAL."""
+    import sqlite3
+
+    assert isinstance(conn, sqlite3.Connection)
+    return int(conn.execute("PRAGMA synchronous").fetchone()[0])
+
+
+async def test_progress_commits_skip_the_fsync_and_store_keeps_it(tmp_path: Path) -> None:
+    spool = SqliteSpool(tmp_path / "s.db", progress_fsync=30.0)  # no deadline within the test
+    await spool.open()
+    try:
+        await spool.store(_request("k", 3))
+        assert await spool._do(_synchronous) == 2  # a durable op: FULL
+        assert (spool.commits_synced, spool.commits_deferred) == (2, 0)
+        jobs = await spool.claim(10, now=200.0)
+        await spool.mark_submitted_many(
+            [Submitted(j.id, f"m{j.id}", (f"m{j.id}",)) for j in jobs], 201.0
+        )
+        assert await spool._do(_synchronous, durable=False) == 1  # NORMAL: no fsync
+        assert (spool.commits_synced, spool.commits_deferred) == (2, 3)
+        # A progress op that shares its transaction with a durable one is fsynced with it.
+        got = await asyncio.gather(
+            spool._do(_synchronous, durable=False), spool.store(_request("k2"))
+        )
+        assert got[0] == 2 and got[1].stored is True
+        assert spool.commits_synced == 3
+        assert (await spool.counts())["submitted"] == 3
+    finally:
+        await spool.close()
+
+
+async def test_progress_fsync_zero_fsyncs_every_commit(tmp_path: Path) -> None:
+    spool = SqliteSpool(tmp_path / "s.db", progress_fsync=0)
+    await spool.open()
+    try:
+        await spool.store(_request("k"))
+        [job] = await spool.claim(10, now=200.0)
+        await spool.mark_submitted_many([Submitted(job.id, "m", ("m",))], 201.0)
+        assert await spool._do(_synchronous, durable=False) == 2
+        assert (spool.commits_synced, spool.commits_deferred) == (4, 0)
+    finally:
+        await spool.close()
+
+
+async def test_unsynced_progress_is_fsynced_within_the_deadline(tmp_path: Path) -> None:
+    spool = SqliteSpool(tmp_path / "s.db", progress_fsync=0.05)
+    await spool.open()
+    try:
+        await spool.store(_request("k"))
+        [job] = await spool.claim(10, now=200.0)
+        await spool.mark_submitted_many([Submitted(job.id, "m", ("m",))], 201.0)
+        assert spool.commits_deferred == 2 and spool.wal_fsyncs == 0
+        await asyncio.sleep(0.3)  # idle: the writer fsyncs the WAL itself, once
+        assert spool.wal_fsyncs == 1
+        # Busy (progress ops back to back for 0.5 s): still an fsync (a FULL commit or the
+        # WAL's own) at least every 0.05 s.
+        synced = spool.commits_synced + spool.wal_fsyncs
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 0.5
+        modes = []
+        while loop.time() < until:
+            modes.append(await spool._do(_synchronous, durable=False))
+        assert len(modes) > 50 and modes.count(1) > modes.count(2)  # mostly NORMAL
+        assert spool.commits_synced + spool.wal_fsyncs - synced >= 0.5 / 0.05 - 2
+    finally:
+        await spool.close()
+
+
+def test_progress_commits_survive_sigkill(tmp_path: Path) -> None:
+    """What the NORMAL commit promises: a killed process (not a power loss) loses none of it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    path = tmp_path / "s.db"
+    script = f"""
+import asyncio, os, signal
+from relay.spool.sqlite import SqliteSpool
+from relay.spool.model import Submitted
+from tests.unit.test_spool_sqlite import _request
+
+async def main():
+    spool = SqliteSpool({str(path)!r}, progress_fsync=30.0)
+    await spool.open()
+    await spool.store(_request("k", 5))
+    jobs = await spool.claim(10, now=200.0)
+    await spool.mark_submitted_many([Submitted(j.id, "m%d" % j.id, ()) for j in jobs[:3]], 201.0)
+    assert spool.commits_deferred == 2
+    os.kill(os.getpid(), signal.SIGKILL)
+
+asyncio.run(main())
+"""
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        states = [r[0] for r in conn.execute("SELECT state FROM jobs ORDER BY id")]
+    assert states == ["submitted"] * 3 + ["sending"] * 2
