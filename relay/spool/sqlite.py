@@ -1,8 +1,9 @@
 """The embedded spool: SQLite in WAL mode with synchronous=FULL and group commit (SPEC §8).
 
 One thread owns the connection. Callers queue operations; the thread runs every operation that
-is waiting in one transaction (each in its own SAVEPOINT, so one failure does not undo the
-others), commits once, and only then resolves the callers' futures. Under concurrent load this
+is waiting in one transaction, commits once, and only then resolves the callers' futures (if an
+operation raises, the batch is undone and run again one transaction per operation, so one failure
+does not undo the others). Under concurrent load this
 turns N fsyncs into one, which is how the SMTP front can answer `250` only after a durable commit
 and still keep up (the Mailman/Postfix discipline: commit before acknowledging).
 """
@@ -213,6 +214,27 @@ _SET_OUTBOUND = {
 }
 
 
+# Expired SPEC §5 / rate-guard state that no check reads is deleted at most this often.
+PRUNE_EVERY = 1.0
+
+
+class Pruning:
+    """When each kind of expired state was last deleted (used by the writer thread only).
+
+    A rolled-back transaction undoes a prune that is recorded here as done: harmless, the
+    rows are deleted by a later one, and the checks never read them meanwhile."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+
+    def due(self, what: str, now: float) -> bool:
+        last = self._last.get(what)
+        if last is not None and last <= now < last + PRUNE_EVERY:
+            return False
+        self._last[what] = now
+        return True
+
+
 def sqlite_path(url: str) -> str:
     """`sqlite:///rel.db` → `rel.db`; `sqlite:////abs/x.db` → `/abs/x.db` (SQLAlchemy style)."""
     prefix = "sqlite:///"
@@ -231,6 +253,7 @@ class SqliteSpool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._checkpointer = Checkpointer(self._path)
         self._reader: sqlite3.Connection | None = None  # read-only, used on the event loop
+        self._pruning = Pruning()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -329,46 +352,69 @@ class SqliteSpool:
     def _run_batch(
         self, conn: sqlite3.Connection, batch: list[tuple[_Op, asyncio.Future[Any]]]
     ) -> None:
-        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        """Run a batch in one transaction; if one of its operations raises, undo the batch and
+        run each operation alone (so a failure undoes only its own operation).
+
+        No SAVEPOINT per operation: they cost two statements each, and every statement is a
+        GIL hand-off between this thread and the event loop (py-spy, bench ingest); operations
+        practically never raise, and then the batch is simply run again op by op."""
+        if len(batch) > 1:
+            results = self._run_together(conn, batch)
+            if results is None:
+                results = [r for item in batch for r in self._run_alone(conn, item)]
+        else:
+            results = self._run_alone(conn, batch[0])
+        self._resolve_all(results)
+
+    def _run_together(
+        self, conn: sqlite3.Connection, batch: list[tuple[_Op, asyncio.Future[Any]]]
+    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]] | None:
+        """All of `batch` in one transaction, or None (nothing kept) when an operation raised."""
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            for _, fut in batch:
-                self._resolve(fut, None, SpoolError(f"spool busy: {exc}"))
-            return
-        # A lone operation needs no SAVEPOINT: if it fails, the whole transaction is undone.
-        alone = len(batch) == 1
-        for op, fut in batch:
-            if not alone:
-                conn.execute("SAVEPOINT op")
+            return [(fut, None, SpoolError(f"spool busy: {exc}")) for _, fut in batch]
+        values: list[Any] = []
+        for op, _ in batch:
             try:
-                value = op(conn)
-            except Exception as exc:
-                if not alone:
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                results.append((fut, None, exc))
-            else:
-                if not alone:
-                    conn.execute("RELEASE op")
-                results.append((fut, value, None))
+                values.append(op(conn))
+            except Exception:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                return None
+        failure = self._commit(conn)
+        if failure is not None:
+            return [(fut, None, failure) for _, fut in batch]
+        return [(fut, value, None) for (_, fut), value in zip(batch, values, strict=True)]
+
+    def _run_alone(
+        self, conn: sqlite3.Connection, item: tuple[_Op, asyncio.Future[Any]]
+    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        """One operation in its own transaction: committed, or undone if it raises."""
+        op, fut = item
         try:
-            conn.execute("ROLLBACK" if alone and results[0][2] is not None else "COMMIT")
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            return [(fut, None, SpoolError(f"spool busy: {exc}"))]
+        try:
+            value = op(conn)
+        except Exception as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            error = SpoolError(f"spool operation failed: {exc}")
+            return [(fut, None, error if isinstance(exc, sqlite3.Error) else exc)]
+        failure = self._commit(conn)
+        return [(fut, None, failure) if failure is not None else (fut, value, None)]
+
+    def _commit(self, conn: sqlite3.Connection) -> SpoolError | None:
+        try:
+            conn.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             log.error("spool commit failed: %s", exc)
-            failure = SpoolError(f"spool commit failed: {exc}")
-            self._resolve_all([(fut, None, failure) for fut, _, _ in results])
-            return
-        self._resolve_all(
-            [
-                (fut, value, SpoolError(f"spool operation failed: {error}"))
-                if isinstance(error, sqlite3.Error)
-                else (fut, value, error)
-                for fut, value, error in results
-            ]
-        )
+            return SpoolError(f"spool commit failed: {exc}")
+        return None
 
     def _resolve_all(
         self, results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
@@ -421,10 +467,11 @@ class SqliteSpool:
         batch = list(requests)
 
         def op(conn: sqlite3.Connection) -> list[StoreResult]:
-            held = _rate_tempfail(conn, batch, _known(conn, batch))
+            known = _known(conn, batch)
+            held = _rate_tempfail(conn, batch, known)
             if held is not None:
                 return held
-            return [_store_one(conn, request) for request in batch]
+            return [_store_one(conn, request, known, self._pruning) for request in batch]
 
         return await self._do(op) if batch else []
 
@@ -1047,10 +1094,12 @@ def _known(conn: sqlite3.Connection, batch: list[NewRequest]) -> set[str]:
     }
 
 
-def _store_one(conn: sqlite3.Connection, request: NewRequest) -> StoreResult:
-    """`Spool.store` of one request, in the caller's transaction."""
-    known = conn.execute("SELECT 1 FROM requests WHERE key = ?", (request.key,))
-    if known.fetchone() is not None:
+def _store_one(
+    conn: sqlite3.Connection, request: NewRequest, known: set[str], pruning: Pruning
+) -> StoreResult:
+    """`Spool.store` of one request, in the caller's transaction; `known` holds the keys
+    already stored (`_known`, read in the same transaction) and receives this one's."""
+    if request.key in known:
         return StoreResult(stored=False)
     now = request.created
     limits = request.limits
@@ -1061,7 +1110,7 @@ def _store_one(conn: sqlite3.Connection, request: NewRequest) -> StoreResult:
         over = first_exceeded(checks, _rate_usage(conn, checks, now), adm.parts)
         if over is not None:
             return StoreResult(stored=False, refused=int(ErrorCode.UNDELIVERABLE), over=over)
-        refused = _admit(conn, adm, limits, request.login, now, streaks)
+        refused = _admit(conn, adm, limits, request.login, now, streaks, pruning)
         if refused:
             return StoreResult(stored=False, refused=refused)
     mails = request.mails
@@ -1087,6 +1136,7 @@ def _store_one(conn: sqlite3.Connection, request: NewRequest) -> StoreResult:
         ),
     )
     pk = cur.lastrowid
+    known.add(request.key)
     conn.executemany(
         "INSERT INTO jobs(request_pk, phone, entry, part, parts, submit, state,"
         " not_before, expires_at, updated) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
@@ -1123,7 +1173,7 @@ def _store_one(conn: sqlite3.Connection, request: NewRequest) -> StoreResult:
     )
     if limits is not None and adm is not None and not request.error:
         _debit(conn, adm, request.login, now, streaks)
-        _count_rates(conn, active(adm.rates), adm.parts, now)
+        _count_rates(conn, active(adm.rates), adm.parts, now, pruning)
     if limits is not None and request.ip_failure and request.client_ip:
         _count_failure(conn, request.client_ip, limits, now)
     return StoreResult(stored=True)
@@ -1147,13 +1197,19 @@ def _rate_usage(
 
 
 def _count_rates(
-    conn: sqlite3.Connection, checks: tuple[RateCheck, ...], parts: int, now: float
+    conn: sqlite3.Connection,
+    checks: tuple[RateCheck, ...],
+    parts: int,
+    now: float,
+    pruning: Pruning,
 ) -> None:
-    """Count one admitted request of `parts` parts on each guard (and prune what expired)."""
+    """Count one admitted request of `parts` parts on each guard (and prune what expired:
+    the checks read only the last minute and this day, so that is housekeeping)."""
     if not checks:
         return
-    conn.execute("DELETE FROM rate_events WHERE at <= ?", (now - MINUTE,))
-    conn.execute("DELETE FROM rate_days WHERE day < ?", (utc_day(now),))
+    if pruning.due("rates", now):
+        conn.execute("DELETE FROM rate_events WHERE at <= ?", (now - MINUTE,))
+        conn.execute("DELETE FROM rate_days WHERE day < ?", (utc_day(now),))
     for check in checks:
         conn.execute("INSERT INTO rate_events(key, at) VALUES (?, ?)", (check.name, now))
         conn.execute(
@@ -1187,6 +1243,7 @@ def _admit(
     login: str,
     now: float,
     streaks: dict[str, tuple[int, float]],
+    pruning: Pruning,
 ) -> int:
     """Flood (8) → duplicates (9) → balance (3): 0 when all pass, else the refusing code.
 
@@ -1195,8 +1252,11 @@ def _admit(
     """
     # Flood: a subscriber's streak grows while each message follows the previous one by less
     # than flood_interval; message flood_count + 1 of a streak is refused. Only accepted
-    # messages extend a streak: a refusal was never sent to the subscriber.
-    conn.execute("DELETE FROM flood WHERE last <= ?", (now - limits.flood_interval,))
+    # messages extend a streak: a refusal was never sent to the subscriber. A row older than
+    # flood_interval starts afresh below, so deleting such rows is housekeeping (at most once
+    # a second, not one statement per mail).
+    if pruning.due("flood", now):
+        conn.execute("DELETE FROM flood WHERE last <= ?", (now - limits.flood_interval,))
     for dest in adm.destinations:
         if dest in streaks:
             streak, last = streaks[dest]
