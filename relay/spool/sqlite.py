@@ -17,6 +17,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -216,16 +217,21 @@ _SET_OUTBOUND = {
 
 # Expired SPEC §5 / rate-guard state that no check reads is deleted at most this often.
 PRUNE_EVERY = 1.0
+# The front's copy of the IP blocks is read again at least this often (seconds), besides after
+# every commit of this process that wrote them.
+BLOCKS_RELOAD = 1.0
 
 
-class Pruning:
-    """When each kind of expired state was last deleted (used by the writer thread only).
+class WriterState:
+    """What the writer thread remembers between transactions (used by that thread only).
 
-    A rolled-back transaction undoes a prune that is recorded here as done: harmless, the
-    rows are deleted by a later one, and the checks never read them meanwhile."""
+    When each kind of expired state was last deleted: a rolled-back transaction undoes a prune
+    recorded here as done; harmless, a later one deletes the rows and no check reads them.
+    Whether the transaction under way wrote `ip_blocks` (see `SqliteSpool.ip_blocked`)."""
 
     def __init__(self) -> None:
         self._last: dict[str, float] = {}
+        self.blocks_written = False
 
     def due(self, what: str, now: float) -> bool:
         last = self._last.get(what)
@@ -253,7 +259,13 @@ class SqliteSpool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._checkpointer = Checkpointer(self._path)
         self._reader: sqlite3.Connection | None = None  # read-only, used on the event loop
-        self._pruning = Pruning()
+        self._writer_state = WriterState()
+        # SPEC §5 IP blocks as of the last commit, for the front's per-mail check (a dict
+        # lookup instead of a query: each query on the loop is a GIL hand-off to the writer).
+        self._blocks: dict[str, float] = {}
+        self._blocks_loaded = float("-inf")  # time.monotonic() of the last load
+        self._blocks_version = 0  # +1 by the writer thread after a commit that wrote ip_blocks
+        self._blocks_seen = -1
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -381,6 +393,7 @@ class SqliteSpool:
             except Exception:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
+                self._blocks_changed()
                 return None
         failure = self._commit(conn)
         if failure is not None:
@@ -401,6 +414,7 @@ class SqliteSpool:
         except Exception as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
+            self._blocks_changed()
             error = SpoolError(f"spool operation failed: {exc}")
             return [(fut, None, error if isinstance(exc, sqlite3.Error) else exc)]
         failure = self._commit(conn)
@@ -414,7 +428,16 @@ class SqliteSpool:
                 conn.execute("ROLLBACK")
             log.error("spool commit failed: %s", exc)
             return SpoolError(f"spool commit failed: {exc}")
+        finally:
+            self._blocks_changed()
         return None
+
+    def _blocks_changed(self) -> None:
+        """After a transaction ended: the front reads the IP blocks again if it wrote them
+        (also after a rollback: a needless read, never a stale block)."""
+        if self._writer_state.blocks_written:
+            self._writer_state.blocks_written = False
+            self._blocks_version += 1
 
     def _resolve_all(
         self, results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
@@ -471,17 +494,26 @@ class SqliteSpool:
             held = _rate_tempfail(conn, batch, known)
             if held is not None:
                 return held
-            return [_store_one(conn, request, known, self._pruning) for request in batch]
+            return [_store_one(conn, request, known, self._writer_state) for request in batch]
 
         return await self._do(op) if batch else []
 
     async def ip_blocked(self, client_ip: str, now: float) -> bool:
         sql = "SELECT 1 FROM ip_blocks WHERE ip = ? AND until > ?"
         if self._reader is not None:
+            # The table is read again after every commit that wrote it (the writer bumps the
+            # version before it resolves the callers' futures) and at least once a second.
+            version = self._blocks_version
+            tick = time.monotonic()
             try:
-                return self._reader.execute(sql, (client_ip, now)).fetchone() is not None
+                if version != self._blocks_seen or tick - self._blocks_loaded >= BLOCKS_RELOAD:
+                    rows = self._reader.execute("SELECT ip, until FROM ip_blocks").fetchall()
+                    self._blocks = {str(ip): float(until) for ip, until in rows}
+                    self._blocks_seen, self._blocks_loaded = version, tick
+                return self._blocks.get(client_ip, float("-inf")) > now
             except sqlite3.Error:
-                pass  # busy (a WAL recovery) or broken: ask the writer thread instead
+                self._blocks_seen = -1
+                # busy (a WAL recovery) or broken: ask the writer thread instead
 
         def op(conn: sqlite3.Connection) -> bool:
             return conn.execute(sql, (client_ip, now)).fetchone() is not None
@@ -1095,7 +1127,7 @@ def _known(conn: sqlite3.Connection, batch: list[NewRequest]) -> set[str]:
 
 
 def _store_one(
-    conn: sqlite3.Connection, request: NewRequest, known: set[str], pruning: Pruning
+    conn: sqlite3.Connection, request: NewRequest, known: set[str], state: WriterState
 ) -> StoreResult:
     """`Spool.store` of one request, in the caller's transaction; `known` holds the keys
     already stored (`_known`, read in the same transaction) and receives this one's."""
@@ -1110,7 +1142,7 @@ def _store_one(
         over = first_exceeded(checks, _rate_usage(conn, checks, now), adm.parts)
         if over is not None:
             return StoreResult(stored=False, refused=int(ErrorCode.UNDELIVERABLE), over=over)
-        refused = _admit(conn, adm, limits, request.login, now, streaks, pruning)
+        refused = _admit(conn, adm, limits, request.login, now, streaks, state)
         if refused:
             return StoreResult(stored=False, refused=refused)
     mails = request.mails
@@ -1173,9 +1205,9 @@ def _store_one(
     )
     if limits is not None and adm is not None and not request.error:
         _debit(conn, adm, request.login, now, streaks)
-        _count_rates(conn, active(adm.rates), adm.parts, now, pruning)
+        _count_rates(conn, active(adm.rates), adm.parts, now, state)
     if limits is not None and request.ip_failure and request.client_ip:
-        _count_failure(conn, request.client_ip, limits, now)
+        _count_failure(conn, request.client_ip, limits, now, state)
     return StoreResult(stored=True)
 
 
@@ -1201,13 +1233,13 @@ def _count_rates(
     checks: tuple[RateCheck, ...],
     parts: int,
     now: float,
-    pruning: Pruning,
+    state: WriterState,
 ) -> None:
     """Count one admitted request of `parts` parts on each guard (and prune what expired:
     the checks read only the last minute and this day, so that is housekeeping)."""
     if not checks:
         return
-    if pruning.due("rates", now):
+    if state.due("rates", now):
         conn.execute("DELETE FROM rate_events WHERE at <= ?", (now - MINUTE,))
         conn.execute("DELETE FROM rate_days WHERE day < ?", (utc_day(now),))
     for check in checks:
@@ -1243,7 +1275,7 @@ def _admit(
     login: str,
     now: float,
     streaks: dict[str, tuple[int, float]],
-    pruning: Pruning,
+    state: WriterState,
 ) -> int:
     """Flood (8) → duplicates (9) → balance (3): 0 when all pass, else the refusing code.
 
@@ -1255,7 +1287,7 @@ def _admit(
     # messages extend a streak: a refusal was never sent to the subscriber. A row older than
     # flood_interval starts afresh below, so deleting such rows is housekeeping (at most once
     # a second, not one statement per mail).
-    if pruning.due("flood", now):
+    if state.due("flood", now):
         conn.execute("DELETE FROM flood WHERE last <= ?", (now - limits.flood_interval,))
     for dest in adm.destinations:
         if dest in streaks:
@@ -1325,7 +1357,9 @@ def _debit(
         )
 
 
-def _count_failure(conn: sqlite3.Connection, ip: str, limits: LimitsConfig, now: float) -> None:
+def _count_failure(
+    conn: sqlite3.Connection, ip: str, limits: LimitsConfig, now: float, state: WriterState
+) -> None:
     """SPEC §5 IP block: more than ip_fail_count failures within ip_fail_window → blocked."""
     conn.execute("DELETE FROM ip_failures WHERE at <= ?", (now - limits.ip_fail_window,))
     conn.execute("INSERT INTO ip_failures(ip, at) VALUES (?, ?)", (ip, now))
@@ -1339,6 +1373,7 @@ def _count_failure(conn: sqlite3.Connection, ip: str, limits: LimitsConfig, now:
             " ON CONFLICT(ip) DO UPDATE SET until = excluded.until, notified = 0",
             (ip, now + limits.ip_block_time),
         )
+        state.blocks_written = True
         # The count starts afresh when the block ends.
         conn.execute("DELETE FROM ip_failures WHERE ip = ?", (ip,))
 

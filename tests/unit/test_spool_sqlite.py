@@ -288,3 +288,40 @@ async def test_a_batch_of_stores_runs_few_statements(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "s.db") as conn:
         assert conn.execute("SELECT dest FROM flood").fetchall() == [("+79990000000",)]
         assert conn.execute("SELECT COUNT(*) FROM requests").fetchone() == (6,)
+
+
+async def test_ip_block_check_reads_the_table_only_after_it_changed(tmp_path: Path) -> None:
+    """Issue 9 (ingest): the front asks about the IP block for every mail. The spool keeps the
+    blocks as of its last commit that wrote them (and reads them again at least once a second),
+    so that a mail costs a dict lookup, not a query; a new block is seen at once."""
+    from relay.config import LimitsConfig
+
+    spool = SqliteSpool(tmp_path / "s.db")
+    await spool.open()
+    try:
+        assert spool._reader is not None
+        queries: list[str] = []
+        spool._reader.set_trace_callback(queries.append)
+        for _ in range(50):
+            assert not await spool.ip_blocked("192.0.2.1", 1000.0)
+        assert len(queries) == 1
+        limits = LimitsConfig(ip_fail_count=1, ip_fail_window=600, ip_block_time=900)
+        for t in (0.0, 1.0):  # the second failure is more than ip_fail_count: blocked
+            refused = NewRequest(
+                f"r{t}", "id", "", "ops@x", "192.0.2.1", 1000.0 + t,
+                error=2, limits=limits, ip_failure=True,
+            )  # fmt: skip
+            assert (await spool.store(refused)).stored
+        assert await spool.ip_blocked("192.0.2.1", 1001.0)
+        assert not await spool.ip_blocked("192.0.2.2", 1001.0)
+        assert not await spool.ip_blocked("192.0.2.1", 1901.0)  # the block ended
+        assert len(queries) == 2
+        # A block written by another connection is seen within a second.
+        import sqlite3
+
+        with sqlite3.connect(tmp_path / "s.db") as other:
+            other.execute("INSERT INTO ip_blocks(ip, until, notified) VALUES ('192.0.2.9', 5e9, 0)")
+        spool._blocks_loaded -= 1.0
+        assert await spool.ip_blocked("192.0.2.9", 1001.0)
+    finally:
+        await spool.close()
