@@ -36,7 +36,7 @@ from relay.pipeline import (
     process_command_mail,
     reject_outcome,
 )
-from relay.rates import Exceeded, RateCheck, RateRules
+from relay.rates import Exceeded, RateCheck, RateRules, active
 from relay.rates import Limits as RateLimits
 from relay.replies import smtp_reject_line
 from relay.routing import AccountRoute, Client, PhoneRoute, Refused, route_recipient
@@ -504,6 +504,9 @@ class CommandMailHandler:
                 ),
                 RateCheck("sender", sender, rates.sender),
             )
+            if not active(checks):  # no guard limits anything: the spools skip them anyway
+                result.append(outcome)
+                continue
             adm = replace(adm, rates=checks, rate_tempfail=rates.tempfail)
             result.append(replace(outcome, request=replace(outcome.request, admission=adm)))
         return result
