@@ -558,7 +558,9 @@ class CommandMailHandler:
             return None
         if self.reject_invalid and final and all(not o.accepted for o in final):
             final = [_without_mails(o) for o in final]
-        await asyncio.gather(*(self.spool.store(o.request) for o in final if not o.accepted))
+        refusals = [o.request for o in final if not o.accepted]
+        if refusals:  # most mails have none (a gather of nothing still makes a future)
+            await asyncio.gather(*(self.spool.store(r) for r in refusals))
         return final
 
     def _rate_limited(self, outcome: Outcome, over: Exceeded) -> None:
