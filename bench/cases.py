@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench import load
 from bench.kannel import KANNEL_WINDOW, Kannel, cpu_seconds, kannel_installed, sendsms_load
-from bench.procs import Procs, RssSampler, SmppSink, rss_mb
+from bench.procs import Procs, RssSampler, SmppSink, rss_mb, thread_cpu
 from bench.raw_submit import raw_submit
 from relay.app import intake_rules
 from relay.config import load_config
@@ -259,10 +259,12 @@ def ingest(
             reuse = mode == "reuse"
             got: dict[str, float] = {}
             cpu: dict[str, float] = {}
+            by_thread = ""
             for target, port in (("sink", sink_port), ("relay", relay_port)):
                 before = accepted_in_log(log)
                 pid = relay.pid if target == "relay" else sink.pid
-                cpu[target] = cpu_seconds(pid)
+                threads = thread_cpu(pid)
+                cpu_before = cpu_seconds(pid)
                 if exe is not None:
                     elapsed = load.run_smtp_source(
                         exe,
@@ -291,8 +293,15 @@ def ingest(
                     ok = accepted_in_log(log) - before
                     if ok != count:
                         raise RuntimeError(f"relay accepted {ok} of {count} mails (see {log})")
+                cpu[target] = (cpu_seconds(pid) - cpu_before) / count * 1e6
+                if target == "relay":
+                    used = {
+                        tid: (t - threads.get(tid, 0.0)) / count * 1e6
+                        for tid, t in sorted(thread_cpu(pid).items())
+                    }
+                    others = [f"{v:.0f}" for tid, v in used.items() if tid != pid and v > 0]
+                    by_thread = f"loop {used.get(pid, 0.0):.0f}, threads {' + '.join(others)}"
                 got[target] = ok / elapsed
-                cpu[target] = (cpu_seconds(pid) - cpu[target]) / count * 1e6
             rates[mode] = got["relay"]
             ratio = got["relay"] / got["sink"]
             s.say(
@@ -310,8 +319,8 @@ def ingest(
                 ).line()
             )
             s.say(
-                f"INFO {label}.{mode}.cpu: relay {cpu['relay']:.0f} µs per mail (all threads), "
-                f"bare sink {cpu['sink']:.0f} µs per mail"
+                f"INFO {label}.{mode}.cpu: relay {cpu['relay']:.0f} µs per mail ({by_thread}); "
+                f"sink {cpu['sink']:.0f} µs per mail"
             )
     s.say(
         f"INFO {label}.rss: idle {idle:.1f} MB, peak under load {rss.peak:.1f} MB "

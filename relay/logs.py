@@ -150,6 +150,11 @@ class LineWriter:
     # loop and the spool thread must not wait behind the log (they would, up to the 5 ms
     # switch interval, for a long batch).
     _BATCH = 64
+    # After a batch that did not fill up, wait this long (seconds) before taking the next: under
+    # a steady trickle (a line per mail at ingest) each line would otherwise cost a thread
+    # wake-up, a GIL hand-off and a write of its own (bench ingest: 25 µs of CPU per mail).
+    # Lines reach the stream at most this much later; a full batch goes on at once.
+    _LINGER = 0.005
 
     def __init__(self, stream: TextIO, formatter: logging.Formatter, redactor: Redactor) -> None:
         self.stream = stream
@@ -207,6 +212,8 @@ class LineWriter:
                 event.set()
             if stop:
                 return
+            if len(items) < self._BATCH:
+                time.sleep(self._LINGER)
 
     def _line(self, record: logging.LogRecord) -> str:
         try:

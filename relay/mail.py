@@ -467,8 +467,24 @@ _ENCODED_WORD = re.compile(r"=\?([^?\s*]{1,40})(?:\*[A-Za-z0-9-]{0,20})?\?([BbQq
 _FOLD = re.compile(r"\r?\n[ \t]+")
 
 
+# Charsets (as `_known_codec` names them) that read printable ASCII as itself; for a header
+# value in them the decoding below is the identity unless it holds an encoded word.
+_ASCII_READ_AS_ITSELF = frozenset({"", "us-ascii", "ascii", "utf-8", "utf8"})
+
+
 def _decode_header(value: str, fallback_charset: str) -> str:
     """A raw header value → text: unfolded, raw 8-bit bytes read (bsd-mailx), RFC 2047 decoded."""
+    if (
+        fallback_charset in _ASCII_READ_AS_ITSELF
+        and value.isascii()
+        and value.isprintable()  # no CR, LF, tab or other control: nothing to unfold or clean
+        and "=?" not in value
+    ):
+        return value  # what `_decode_header_fully` gives, without its steps (bench profile)
+    return _decode_header_fully(value, fallback_charset)
+
+
+def _decode_header_fully(value: str, fallback_charset: str) -> str:
     value = _FOLD.sub(" ", value).replace("\r", "").replace("\n", "")
     data = value.encode("ascii", "surrogateescape")
     try:

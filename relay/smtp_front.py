@@ -36,7 +36,7 @@ from relay.pipeline import (
     process_command_mail,
     reject_outcome,
 )
-from relay.rates import Exceeded, RateCheck, RateRules
+from relay.rates import Exceeded, RateCheck, RateRules, active
 from relay.rates import Limits as RateLimits
 from relay.replies import smtp_reject_line
 from relay.routing import AccountRoute, Client, PhoneRoute, Refused, route_recipient
@@ -506,6 +506,9 @@ class CommandMailHandler:
                 ),
                 RateCheck("sender", sender, rates.sender),
             )
+            if not active(checks):  # no guard limits anything: the spools skip them anyway
+                result.append(outcome)
+                continue
             adm = replace(adm, rates=checks, rate_tempfail=rates.tempfail)
             result.append(replace(outcome, request=replace(outcome.request, admission=adm)))
         return result
@@ -557,7 +560,9 @@ class CommandMailHandler:
             return None
         if self.reject_invalid and final and all(not o.accepted for o in final):
             final = [_without_mails(o) for o in final]
-        await asyncio.gather(*(self.spool.store(o.request) for o in final if not o.accepted))
+        refusals = [o.request for o in final if not o.accepted]
+        if refusals:  # most mails have none (a gather of nothing still makes a future)
+            await asyncio.gather(*(self.spool.store(r) for r in refusals))
         return final
 
     def _rate_limited(self, outcome: Outcome, over: Exceeded) -> None:

@@ -42,7 +42,7 @@ def units(text: str, alphabet: Alphabet) -> list[bytes]:
     """
     match alphabet:
         case Alphabet.GSM7:
-            return [gsm7.encode(ch) for ch in text]
+            return gsm7.units(text)
         case Alphabet.LATIN1:
             return [ch.encode("latin-1") for ch in text]
         case Alphabet.UCS2:

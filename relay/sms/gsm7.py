@@ -68,6 +68,25 @@ def encode(text: str) -> bytes:
     return bytes(out)
 
 
+# Each character's encoding as one unit (what `encode(ch)` gives), looked up without a call.
+_UNIT: dict[str, bytes] = {ch: bytes((code,)) for ch, code in _BASE_CODE.items()} | {
+    ch: bytes((ESCAPE, code)) for ch, code in _EXT_CODE.items()
+}
+
+
+def units(text: str) -> list[bytes]:
+    """`[encode(ch) for ch in text]`: one unit per character (an ESC pair stays whole).
+
+    A table lookup per character instead of a call (the pipeline encodes every SMS text this
+    way: bench parser profile); raises like `encode` at the first character that does not fit.
+    """
+    try:
+        return [_UNIT[ch] for ch in text]
+    except KeyError:
+        encode(text)  # raises GsmEncodeError at the first character that does not fit
+        raise AssertionError("unreachable: encode() accepted a character _UNIT lacks") from None
+
+
 def decode(data: bytes) -> str:
     """Unpacked septets → text, tolerantly.
 

@@ -1,8 +1,9 @@
 """The embedded spool: SQLite in WAL mode with synchronous=FULL and group commit (SPEC §8).
 
 One thread owns the connection. Callers queue operations; the thread runs every operation that
-is waiting in one transaction (each in its own SAVEPOINT, so one failure does not undo the
-others), commits once, and only then resolves the callers' futures. Under concurrent load this
+is waiting in one transaction, commits once, and only then resolves the callers' futures (if an
+operation raises, the batch is undone and run again one transaction per operation, so one failure
+does not undo the others). Under concurrent load this
 turns N fsyncs into one, which is how the SMTP front can answer `250` only after a durable commit
 and still keep up (the Mailman/Postfix discipline: commit before acknowledging).
 
@@ -240,6 +241,32 @@ def _upgrade(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE notices ADD COLUMN not_before REAL NOT NULL DEFAULT 0")
 
 
+# Expired SPEC §5 / rate-guard state that no check reads is deleted at most this often.
+PRUNE_EVERY = 1.0
+# The front's copy of the IP blocks is read again at least this often (seconds), besides after
+# every commit of this process that wrote them.
+BLOCKS_RELOAD = 1.0
+
+
+class WriterState:
+    """What the writer thread remembers between transactions (used by that thread only).
+
+    When each kind of expired state was last deleted: a rolled-back transaction undoes a prune
+    recorded here as done; harmless, a later one deletes the rows and no check reads them.
+    Whether the transaction under way wrote `ip_blocks` (see `SqliteSpool.ip_blocked`)."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self.blocks_written = False
+
+    def due(self, what: str, now: float) -> bool:
+        last = self._last.get(what)
+        if last is not None and last <= now < last + PRUNE_EVERY:
+            return False
+        self._last[what] = now
+        return True
+
+
 def sqlite_path(url: str) -> str:
     """`sqlite:///rel.db` → `rel.db`; `sqlite:////abs/x.db` → `/abs/x.db` (SQLAlchemy style)."""
     prefix = "sqlite:///"
@@ -265,6 +292,13 @@ class SqliteSpool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._checkpointer = Checkpointer(self._path)
         self._reader: sqlite3.Connection | None = None  # read-only, used on the event loop
+        self._writer_state = WriterState()
+        # SPEC §5 IP blocks as of the last commit, for the front's per-mail check (a dict
+        # lookup instead of a query: each query on the loop is a GIL hand-off to the writer).
+        self._blocks: dict[str, float] = {}
+        self._blocks_loaded = float("-inf")  # time.monotonic() of the last load
+        self._blocks_version = 0  # +1 by the writer thread after a commit that wrote ip_blocks
+        self._blocks_seen = -1
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -411,56 +445,90 @@ class SqliteSpool:
         return durable
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
-        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        """Run a batch in one transaction; if one of its operations raises, undo the batch and
+        run each operation alone (so a failure undoes only its own operation).
+
+        No SAVEPOINT per operation: they cost two statements each, and every statement is a
+        GIL hand-off between this thread and the event loop (py-spy, bench ingest); operations
+        practically never raise, and then the batch is simply run again op by op."""
+        if len(batch) > 1:
+            results = self._run_together(conn, batch)
+            if results is None:
+                results = [r for item in batch for r in self._run_alone(conn, item)]
+        else:
+            results = self._run_alone(conn, batch[0])
+        self._resolve_all(results)
+
+    def _run_together(
+        self, conn: sqlite3.Connection, batch: list[_Item]
+    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]] | None:
+        """All of `batch` in one transaction, or None (nothing kept) when an operation raised."""
         try:
             durable = self._sync_mode(conn, batch)
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            for _, fut, _ in batch:
-                self._resolve(fut, None, SpoolError(f"spool busy: {exc}"))
-            return
-        # A lone operation needs no SAVEPOINT: if it fails, the whole transaction is undone.
-        alone = len(batch) == 1
-        for op, fut, _ in batch:
-            if not alone:
-                conn.execute("SAVEPOINT op")
+            return [(fut, None, SpoolError(f"spool busy: {exc}")) for _, fut, _ in batch]
+        values: list[Any] = []
+        for op, _, _ in batch:
             try:
-                value = op(conn)
-            except Exception as exc:
-                if not alone:
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                results.append((fut, None, exc))
-            else:
-                if not alone:
-                    conn.execute("RELEASE op")
-                results.append((fut, value, None))
-        rollback = alone and results[0][2] is not None
+                values.append(op(conn))
+            except Exception:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                self._blocks_changed()
+                return None
+        failure = self._commit(conn, durable)
+        if failure is not None:
+            return [(fut, None, failure) for _, fut, _ in batch]
+        return [(fut, value, None) for (_, fut, _), value in zip(batch, values, strict=True)]
+
+    def _run_alone(
+        self, conn: sqlite3.Connection, item: _Item
+    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        """One operation in its own transaction: committed, or undone if it raises."""
+        op, fut, _ = item
         try:
-            conn.execute("ROLLBACK" if rollback else "COMMIT")
+            durable = self._sync_mode(conn, [item])
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            return [(fut, None, SpoolError(f"spool busy: {exc}"))]
+        try:
+            value = op(conn)
+        except Exception as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            self._blocks_changed()
+            error = SpoolError(f"spool operation failed: {exc}")
+            return [(fut, None, error if isinstance(exc, sqlite3.Error) else exc)]
+        failure = self._commit(conn, durable)
+        return [(fut, None, failure) if failure is not None else (fut, value, None)]
+
+    def _commit(self, conn: sqlite3.Connection, durable: bool) -> SpoolError | None:
+        """COMMIT (fsynced or not, as `_sync_mode` chose); the failure, if any."""
+        try:
+            conn.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             log.error("spool commit failed: %s", exc)
-            failure = SpoolError(f"spool commit failed: {exc}")
-            self._resolve_all([(fut, None, failure) for fut, _, _ in results])
-            return
-        if not rollback:
-            if durable:
-                self.commits_synced += 1
-                self._unsynced_since = None
-            else:
-                self.commits_deferred += 1
-                if self._unsynced_since is None:
-                    self._unsynced_since = time.monotonic()
-        self._resolve_all(
-            [
-                (fut, value, SpoolError(f"spool operation failed: {error}"))
-                if isinstance(error, sqlite3.Error)
-                else (fut, value, error)
-                for fut, value, error in results
-            ]
-        )
+            return SpoolError(f"spool commit failed: {exc}")
+        finally:
+            self._blocks_changed()
+        if durable:
+            self.commits_synced += 1
+            self._unsynced_since = None
+        else:
+            self.commits_deferred += 1
+            if self._unsynced_since is None:
+                self._unsynced_since = time.monotonic()
+        return None
+
+    def _blocks_changed(self) -> None:
+        """After a transaction ended: the front reads the IP blocks again if it wrote them
+        (also after a rollback: a needless read, never a stale block)."""
+        if self._writer_state.blocks_written:
+            self._writer_state.blocks_written = False
+            self._blocks_version += 1
 
     def _resolve_all(
         self, results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
@@ -514,20 +582,30 @@ class SqliteSpool:
         batch = list(requests)
 
         def op(conn: sqlite3.Connection) -> list[StoreResult]:
-            held = _rate_tempfail(conn, batch, _known(conn, batch))
+            known = _known(conn, batch)
+            held = _rate_tempfail(conn, batch, known)
             if held is not None:
                 return held
-            return [_store_one(conn, request) for request in batch]
+            return [_store_one(conn, request, known, self._writer_state) for request in batch]
 
         return await self._do(op) if batch else []
 
     async def ip_blocked(self, client_ip: str, now: float) -> bool:
         sql = "SELECT 1 FROM ip_blocks WHERE ip = ? AND until > ?"
         if self._reader is not None:
+            # The table is read again after every commit that wrote it (the writer bumps the
+            # version before it resolves the callers' futures) and at least once a second.
+            version = self._blocks_version
+            tick = time.monotonic()
             try:
-                return self._reader.execute(sql, (client_ip, now)).fetchone() is not None
+                if version != self._blocks_seen or tick - self._blocks_loaded >= BLOCKS_RELOAD:
+                    rows = self._reader.execute("SELECT ip, until FROM ip_blocks").fetchall()
+                    self._blocks = {str(ip): float(until) for ip, until in rows}
+                    self._blocks_seen, self._blocks_loaded = version, tick
+                return self._blocks.get(client_ip, float("-inf")) > now
             except sqlite3.Error:
-                pass  # busy (a WAL recovery) or broken: ask the writer thread instead
+                self._blocks_seen = -1
+                # busy (a WAL recovery) or broken: ask the writer thread instead
 
         def op(conn: sqlite3.Connection) -> bool:
             return conn.execute(sql, (client_ip, now)).fetchone() is not None
@@ -1163,10 +1241,12 @@ def _known(conn: sqlite3.Connection, batch: list[NewRequest]) -> set[str]:
     }
 
 
-def _store_one(conn: sqlite3.Connection, request: NewRequest) -> StoreResult:
-    """`Spool.store` of one request, in the caller's transaction."""
-    known = conn.execute("SELECT 1 FROM requests WHERE key = ?", (request.key,))
-    if known.fetchone() is not None:
+def _store_one(
+    conn: sqlite3.Connection, request: NewRequest, known: set[str], state: WriterState
+) -> StoreResult:
+    """`Spool.store` of one request, in the caller's transaction; `known` holds the keys
+    already stored (`_known`, read in the same transaction) and receives this one's."""
+    if request.key in known:
         return StoreResult(stored=False)
     now = request.created
     limits = request.limits
@@ -1177,7 +1257,7 @@ def _store_one(conn: sqlite3.Connection, request: NewRequest) -> StoreResult:
         over = first_exceeded(checks, _rate_usage(conn, checks, now), adm.parts)
         if over is not None:
             return StoreResult(stored=False, refused=int(ErrorCode.UNDELIVERABLE), over=over)
-        refused = _admit(conn, adm, limits, request.login, now, streaks)
+        refused = _admit(conn, adm, limits, request.login, now, streaks, state)
         if refused:
             return StoreResult(stored=False, refused=refused)
     mails = request.mails
@@ -1203,6 +1283,7 @@ def _store_one(conn: sqlite3.Connection, request: NewRequest) -> StoreResult:
         ),
     )
     pk = cur.lastrowid
+    known.add(request.key)
     conn.executemany(
         "INSERT INTO jobs(request_pk, phone, entry, part, parts, submit, state,"
         " not_before, expires_at, updated) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
@@ -1239,9 +1320,9 @@ def _store_one(conn: sqlite3.Connection, request: NewRequest) -> StoreResult:
     )
     if limits is not None and adm is not None and not request.error:
         _debit(conn, adm, request.login, now, streaks)
-        _count_rates(conn, active(adm.rates), adm.parts, now)
+        _count_rates(conn, active(adm.rates), adm.parts, now, state)
     if limits is not None and request.ip_failure and request.client_ip:
-        _count_failure(conn, request.client_ip, limits, now)
+        _count_failure(conn, request.client_ip, limits, now, state)
     return StoreResult(stored=True)
 
 
@@ -1263,13 +1344,19 @@ def _rate_usage(
 
 
 def _count_rates(
-    conn: sqlite3.Connection, checks: tuple[RateCheck, ...], parts: int, now: float
+    conn: sqlite3.Connection,
+    checks: tuple[RateCheck, ...],
+    parts: int,
+    now: float,
+    state: WriterState,
 ) -> None:
-    """Count one admitted request of `parts` parts on each guard (and prune what expired)."""
+    """Count one admitted request of `parts` parts on each guard (and prune what expired:
+    the checks read only the last minute and this day, so that is housekeeping)."""
     if not checks:
         return
-    conn.execute("DELETE FROM rate_events WHERE at <= ?", (now - MINUTE,))
-    conn.execute("DELETE FROM rate_days WHERE day < ?", (utc_day(now),))
+    if state.due("rates", now):
+        conn.execute("DELETE FROM rate_events WHERE at <= ?", (now - MINUTE,))
+        conn.execute("DELETE FROM rate_days WHERE day < ?", (utc_day(now),))
     for check in checks:
         conn.execute("INSERT INTO rate_events(key, at) VALUES (?, ?)", (check.name, now))
         conn.execute(
@@ -1303,6 +1390,7 @@ def _admit(
     login: str,
     now: float,
     streaks: dict[str, tuple[int, float]],
+    state: WriterState,
 ) -> int:
     """Flood (8) → duplicates (9) → balance (3): 0 when all pass, else the refusing code.
 
@@ -1311,8 +1399,11 @@ def _admit(
     """
     # Flood: a subscriber's streak grows while each message follows the previous one by less
     # than flood_interval; message flood_count + 1 of a streak is refused. Only accepted
-    # messages extend a streak: a refusal was never sent to the subscriber.
-    conn.execute("DELETE FROM flood WHERE last <= ?", (now - limits.flood_interval,))
+    # messages extend a streak: a refusal was never sent to the subscriber. A row older than
+    # flood_interval starts afresh below, so deleting such rows is housekeeping (at most once
+    # a second, not one statement per mail).
+    if state.due("flood", now):
+        conn.execute("DELETE FROM flood WHERE last <= ?", (now - limits.flood_interval,))
     for dest in adm.destinations:
         if dest in streaks:
             streak, last = streaks[dest]
@@ -1381,7 +1472,9 @@ def _debit(
         )
 
 
-def _count_failure(conn: sqlite3.Connection, ip: str, limits: LimitsConfig, now: float) -> None:
+def _count_failure(
+    conn: sqlite3.Connection, ip: str, limits: LimitsConfig, now: float, state: WriterState
+) -> None:
     """SPEC §5 IP block: more than ip_fail_count failures within ip_fail_window → blocked."""
     conn.execute("DELETE FROM ip_failures WHERE at <= ?", (now - limits.ip_fail_window,))
     conn.execute("INSERT INTO ip_failures(ip, at) VALUES (?, ?)", (ip, now))
@@ -1395,6 +1488,7 @@ def _count_failure(conn: sqlite3.Connection, ip: str, limits: LimitsConfig, now:
             " ON CONFLICT(ip) DO UPDATE SET until = excluded.until, notified = 0",
             (ip, now + limits.ip_block_time),
         )
+        state.blocks_written = True
         # The count starts afresh when the block ends.
         conn.execute("DELETE FROM ip_failures WHERE ip = ?", (ip,))
 

@@ -111,3 +111,43 @@ def test_flush_after_close_returns_at_once(logger: logging.Logger) -> None:
     handler.flush()
     assert time.monotonic() - started < 0.5
     assert out.getvalue().rstrip().endswith("last words")
+
+
+def test_a_trickle_of_lines_is_written_in_batches() -> None:
+    """Issue 9 (ingest): one line per accepted mail must not cost a wake-up and a write each;
+    after a batch that did not fill up the writer waits `_LINGER` and takes what came meanwhile."""
+    import time
+
+    class Stream(io.StringIO):
+        def __init__(self) -> None:
+            super().__init__()
+            self.writes: list[str] = []
+            self.first = threading.Event()
+
+        def write(self, s: str) -> int:
+            self.writes.append(s)
+            self.first.set()
+            return len(s)
+
+    class Writer(LineWriter):
+        _LINGER = 0.5  # long, so that the test does not depend on the machine's speed
+
+    out = Stream()
+    writer = Writer(out, PlainFormatter(), Redactor())
+    log = logging.getLogger("test.trickle")
+
+    def record(i: int) -> logging.LogRecord:
+        return log.makeRecord(log.name, logging.INFO, __file__, 1, "line %d", (i,), None)
+
+    try:
+        writer.put(record(0))
+        assert out.first.wait(5)
+        for i in range(1, 6):  # a trickle: each line alone in the queue for 10 ms
+            writer.put(record(i))
+            time.sleep(0.01)
+        writer.flush()
+    finally:
+        writer.close()
+    lines = "".join(out.writes).splitlines()
+    assert [line.rsplit(" ", 1)[1] for line in lines] == [str(i) for i in range(6)]
+    assert len(out.writes) == 2  # the first line, then the other five together

@@ -270,3 +270,17 @@ def test_clean_matches_its_specification(text: str) -> None:
     from relay.mail import _clean
 
     assert _clean(text) == _clean_reference(text)
+
+
+@settings(max_examples=1000)
+@given(
+    st.text(st.characters(max_codepoint=0x7F), max_size=40)
+    | st.sampled_from(["sms", "<a@b.c>", "Re: =?utf-8?B?0JY=?=", "a\r\n b", "=?x", "a\x7fb"]),
+    st.sampled_from(["", "us-ascii", "ascii", "utf-8", "utf8"]),
+)
+def test_header_shortcut_equals_full_decoding(value: str, charset: str) -> None:
+    """The shortcut for plain printable ASCII header values (most headers) gives what the
+    full decoding (unfold, charset, RFC 2047 words) gives, for every charset it is taken in."""
+    from relay.mail import _decode_header, _decode_header_fully
+
+    assert _decode_header(value, charset) == _decode_header_fully(value, charset)

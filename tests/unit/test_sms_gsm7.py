@@ -73,3 +73,20 @@ def test_round_trip(text: str) -> None:
     assert len(data) == gsm7.septet_length(text)
     assert all(b < 0x80 for b in data)
     assert gsm7.decode(data) == text
+
+
+@settings(max_examples=300, derandomize=True)
+@given(st.text(alphabet=GSM_CHARS + "`яç😀\t\x1b"))
+def test_units_are_each_characters_encoding(text: str) -> None:
+    """`units` (a table lookup, the pipeline's) equals encoding character by character, and
+    refuses what `encode` refuses, at the same character."""
+    try:
+        expected = [gsm7.encode(ch) for ch in text]
+    except UnicodeEncodeError:
+        with pytest.raises(UnicodeEncodeError) as info:
+            gsm7.units(text)
+        with pytest.raises(UnicodeEncodeError) as direct:
+            gsm7.encode(text)
+        assert info.value.start == direct.value.start
+        return
+    assert gsm7.units(text) == expected

@@ -341,3 +341,95 @@ asyncio.run(main())
     with sqlite3.connect(path) as conn:
         states = [r[0] for r in conn.execute("SELECT state FROM jobs ORDER BY id")]
     assert states == ["submitted"] * 3 + ["sending"] * 2
+
+
+def _admitted(key: str, phone: str, at: float) -> NewRequest:
+    """A request with SPEC §5 admission checks (flood, duplicates), as the front stores them."""
+    from relay.config import LimitsConfig
+    from relay.spool.model import Admission
+
+    sm = SubmitSm("Alex", 5, 0, phone.lstrip("+"), b"hi", 0)
+    job = NewJob(phone, 0, 1, 1, sm, not_before=at, expires_at=at + 86400)
+    return NewRequest(
+        key, f"id-{key}", "alex", "ops@x", "127.0.0.1", at, (job,),
+        admission=Admission(f"fp-{key}", (phone,), 1, None),
+        limits=LimitsConfig(flood_count=1000, flood_interval=120),
+    )  # fmt: skip
+
+
+async def test_a_batch_of_stores_runs_few_statements(tmp_path: Path) -> None:
+    """Issue 9 (ingest): every statement the writer thread runs is a GIL hand-off with the
+    event loop. A batch of stores is one transaction without a SAVEPOINT per operation; each
+    request's key is read once; expired flood rows are deleted at most once a second."""
+    import sqlite3
+    import threading
+
+    spool = SqliteSpool(tmp_path / "s.db")
+    await spool.open()
+    statements: list[str] = []
+    gate = threading.Event()
+    try:
+        await spool._do(lambda c: c.set_trace_callback(statements.append))
+        # Hold the writer thread so that the five stores queue up and form one batch.
+        held = asyncio.ensure_future(spool._do(lambda c: gate.wait(5)))
+        await asyncio.sleep(0.05)
+        requests = [_admitted(f"k{i}", f"+7916000000{i}", 1000.0 + i / 10) for i in range(5)]
+        stores = [asyncio.ensure_future(spool.store(r)) for r in requests]
+        await asyncio.sleep(0.05)
+        statements.clear()
+        gate.set()
+        await held
+        results = await asyncio.gather(*stores)
+        held_commit, *batch = statements  # the held operation's COMMIT, then the batch
+        await spool._do(lambda c: c.set_trace_callback(None))
+        assert [r.stored for r in results] == [True] * 5
+        assert held_commit == "COMMIT"
+        assert batch[0] == "BEGIN IMMEDIATE" and batch[-1] == "COMMIT"
+        assert batch.count("BEGIN IMMEDIATE") == 1 and batch.count("COMMIT") == 1
+        assert not [s for s in batch if "SAVEPOINT" in s or "RELEASE" in s]
+        assert len([s for s in batch if s.startswith("SELECT 1 FROM requests")]) == 5
+        assert len([s for s in batch if s.startswith("DELETE FROM flood")]) == 1
+        # Later than flood_interval and than a second: the expired rows are deleted.
+        assert (await spool.store(_admitted("late", "+79990000000", 1200.0))).stored
+    finally:
+        await spool.close()
+    with sqlite3.connect(tmp_path / "s.db") as conn:
+        assert conn.execute("SELECT dest FROM flood").fetchall() == [("+79990000000",)]
+        assert conn.execute("SELECT COUNT(*) FROM requests").fetchone() == (6,)
+
+
+async def test_ip_block_check_reads_the_table_only_after_it_changed(tmp_path: Path) -> None:
+    """Issue 9 (ingest): the front asks about the IP block for every mail. The spool keeps the
+    blocks as of its last commit that wrote them (and reads them again at least once a second),
+    so that a mail costs a dict lookup, not a query; a new block is seen at once."""
+    from relay.config import LimitsConfig
+
+    spool = SqliteSpool(tmp_path / "s.db")
+    await spool.open()
+    try:
+        assert spool._reader is not None
+        queries: list[str] = []
+        spool._reader.set_trace_callback(queries.append)
+        for _ in range(50):
+            assert not await spool.ip_blocked("192.0.2.1", 1000.0)
+        assert len(queries) == 1
+        limits = LimitsConfig(ip_fail_count=1, ip_fail_window=600, ip_block_time=900)
+        for t in (0.0, 1.0):  # the second failure is more than ip_fail_count: blocked
+            refused = NewRequest(
+                f"r{t}", "id", "", "ops@x", "192.0.2.1", 1000.0 + t,
+                error=2, limits=limits, ip_failure=True,
+            )  # fmt: skip
+            assert (await spool.store(refused)).stored
+        assert await spool.ip_blocked("192.0.2.1", 1001.0)
+        assert not await spool.ip_blocked("192.0.2.2", 1001.0)
+        assert not await spool.ip_blocked("192.0.2.1", 1901.0)  # the block ended
+        assert len(queries) == 2
+        # A block written by another connection is seen within a second.
+        import sqlite3
+
+        with sqlite3.connect(tmp_path / "s.db") as other:
+            other.execute("INSERT INTO ip_blocks(ip, until, notified) VALUES ('192.0.2.9', 5e9, 0)")
+        spool._blocks_loaded -= 1.0
+        assert await spool.ip_blocked("192.0.2.9", 1001.0)
+    finally:
+        await spool.close()
