@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ from aiosmtpd.smtp import SMTP
 
 from bench import load
 from bench.procs import Procs
-from bench.smtp_sink import BareSink
+from bench.smtp_sink import BareSink, serve_until_stopped
 from relay.smtp_front import RelaySMTP
 from relay.smtp_session import LeanSMTP, SessionTables
 from tests.integration.harness import free_port
@@ -44,16 +43,9 @@ async def serve(kind: str, port: int) -> None:
     cls = CLASSES[kind]
     # Ours get their tables built once, as relay.smtp_front.smtp_factory does.
     extra = {"tables": SessionTables.of(cls, handler)} if issubclass(cls, LeanSMTP) else {}
-    server = await loop.create_server(
-        lambda: cls(handler, hostname="sink.bench", decode_data=False, loop=loop, **extra),
-        "127.0.0.1",
-        port,
+    await serve_until_stopped(
+        lambda: cls(handler, hostname="sink.bench", decode_data=False, loop=loop, **extra), port
     )
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    await stop.wait()
-    server.close()
 
 
 def measure(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from collections.abc import Callable
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -19,19 +20,23 @@ class BareSink:
         return "250 2.0.0 OK"
 
 
-async def serve(port: int) -> None:
+async def serve_until_stopped(make: Callable[[], asyncio.Protocol], port: int) -> None:
+    """Serve `make()` sessions on 127.0.0.1:`port` until SIGTERM or SIGINT."""
     loop = asyncio.get_running_loop()
-    handler = BareSink()
-    server = await loop.create_server(
-        lambda: SMTP(handler, hostname="sink.bench", decode_data=False, loop=loop),
-        "127.0.0.1",
-        port,
-    )
+    server = await loop.create_server(make, "127.0.0.1", port)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     await stop.wait()
     server.close()
+
+
+async def serve(port: int) -> None:
+    loop = asyncio.get_running_loop()
+    handler = BareSink()
+    await serve_until_stopped(
+        lambda: SMTP(handler, hostname="sink.bench", decode_data=False, loop=loop), port
+    )
 
 
 if __name__ == "__main__":
