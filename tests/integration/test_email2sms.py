@@ -67,6 +67,7 @@ def accounts() -> list[dict[str, Any]]:
             "email2sms": ["+79990000002", "89990000003"],
             "allowed_senders": ["*@monitoring.example.org"],
             "allowed_ips": ["127.0.0.1/32"],
+            "senders": ["Monitoring"],
         },
         {"login": "storm", "password": "storm-pw", "email2sms": ["+79990000004"]},
     ]
@@ -186,6 +187,37 @@ async def test_sample_to_login_reaches_the_smsc_as_the_exact_text(stack: Stack, 
     assert by_phone(received) == {"79990000001": expected}
     await no_more_sms(stack, count_parts(expected))
     assert stack.sink.mails == []  # success and test 0: no reply
+
+
+# Mail as the monitoring tools themselves write it (tests/samples/email2sms/SOURCES.md).
+TOOL_SAMPLES = [
+    ("zabbix_html_base64_long_subject.eml", "zabbix@monitoring.example.org"),
+    ("nagios_bsd_mailx_c_locale_host.eml", "nagios@monitoring.example.org"),
+    ("cron_debian_c_locale_utf8.eml", "root@monitoring.example.org"),
+]
+
+
+@pytest.mark.parametrize(("name", "mail_from"), TOOL_SAMPLES)
+async def test_tool_mail_to_a_group_login_parts_and_sender(
+    stack: Stack, name: str, mail_from: str
+) -> None:
+    """`mon@` (allowed by sender and IP, no password): each of its two phones gets the whole
+    text in UCS-2 parts (Cyrillic), concatenated by UDH, from the account's sender name."""
+    raw = (SAMPLES / name).read_bytes()
+    refused = await asyncio.to_thread(smtp_send, stack.smtp_port, mail_from, ["mon@sms.test"], raw)
+    assert refused == {}
+    expected = EXPECTED[name]
+    received = await stack.smsc.wait_for(6, timeout=10)
+    await no_more_sms(stack, 6)
+    assert by_phone(received) == {"79990000002": expected, "79990000003": expected}
+    for phone in ("79990000002", "79990000003"):
+        parts = [sms for sms in received if sms.destination_addr == phone]
+        assert sorted(sms.part[1:] for sms in parts if sms.part) == [(3, 1), (3, 2), (3, 3)]
+        assert len({sms.part[0] for sms in parts if sms.part}) == 1
+    assert {(sms.source_addr, sms.source_addr_ton, sms.data_coding) for sms in received} == {
+        ("Monitoring", 5, 8)
+    }
+    assert stack.sink.mails == []
 
 
 async def test_each_recipient_is_routed_on_its_own_at_rcpt_time(stack: Stack) -> None:

@@ -44,6 +44,12 @@ EXPECTED = {
         "description = Only 1.2 GiB left on /var.\nsummary = Disk /var is 97% full on db1\n"
         "Source\nSent by Alertmanager"
     ),
+    # Debian cron 3.0pl1 in the C locale: UTF-8 output labelled ANSI_X3.4-1968 (= ASCII).
+    "cron_debian_c_locale_utf8.eml": (
+        "Cron <root@backup1> /usr/local/bin/backup.sh\nОшибка: резервная копия db1 не создана\n"
+        "rsync: connection unexpectedly closed (0 bytes received so far) [Receiver]\n"
+        "rsync error: error in rsync protocol data…"
+    ),
     "cron_mailx_cut_marker.eml": (
         "Cron <root@backup1> /usr/local/bin/backup.sh\nbackup.sh: rsync failed with code 23\n"
         "(partial transfer)"
@@ -56,10 +62,22 @@ EXPECTED = {
     "mutt_reply_signature.eml": (
         "Re: UPS on battery\nGenerator started, load moved.\nBack on mains in 20 min."
     ),
+    # bsd-mailx run by Nagios' stock notify-host-by-email with no locale: same mislabel as cron.
+    "nagios_bsd_mailx_c_locale_host.eml": (
+        "** PROBLEM Host Alert: db1 is DOWN **\n***** Nagios *****\nNotification Type: PROBLEM\n"
+        "Host: db1 (Сервер БД, стойка 4)\nState: DOWN\nAddress: 10.0.0.5\n"
+        "Info: PING CRITICAL - Packet loss = 100%\nDate/Time:…"
+    ),
     "zabbix_base64_utf8_ru.eml": (
         "Проблема: Загрузка CPU на db1 выше 90%\nПроблема началась в 10:12:03 2025.03.03\n"
         "Имя проблемы: Загрузка CPU на db1 выше 90%\nУзел сети: db1\nВажность: Высокая\n"
         "Оперативные данные: 97.3 %\nИсходный ID…"
+    ),
+    # Zabbix "HTML" media type: text/html in base64, the subject in four RFC 2047 words.
+    "zabbix_html_base64_long_subject.eml": (
+        "Проблема: Свободное место на /var сервера db1.prod.example.org меньше 5% (осталось 1.2 ГБ)\n"
+        "Проблема началась в 10:12:03 2025.03.03\n"
+        "Имя проблемы: Свободное место на /var сервера db1.prod.example.org…"
     ),
 }
 
