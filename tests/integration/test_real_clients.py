@@ -271,3 +271,129 @@ async def test_alertmanager_fires_through_starttls_and_auth_login(
     }
     relay_log = stack.relay.log()
     assert PASSWORD not in relay_log
+
+
+# ---- Nagios' mail command: bsd-mailx → Postfix → the relay ----------------------------
+
+# Nagios 4's stock `notify-host-by-email` (sample config commands.cfg), macros expanded.
+NAGIOS_BODY = (
+    "***** Nagios *****\\n\\nNotification Type: PROBLEM\\nHost: db1 (Сервер БД, стойка 4)\\n"
+    "State: DOWN\\nAddress: 10.0.0.5\\nInfo: PING CRITICAL - Packet loss = 100%\\n\\n"
+    "Date/Time: Mon Mar 3 10:12:05 MSK 2025\\n"
+)
+
+
+async def test_nagios_notify_host_by_email_through_bsd_mailx_and_postfix(stack: Stack) -> None:
+    """The stock command line as Nagios runs it (no LANG: mailx labels the UTF-8 host alias
+    ANSI_X3.4-1968), through the private Postfix configured from deploy/postfix/."""
+    need("postfix")
+    mail = need("mail")
+    with postfix_instance(stack.smtp_port) as base:
+        # Nagios runs commands through /bin/sh; MAIL_CONFIG points mailx's sendmail (Postfix)
+        # at the private instance.
+        command = (
+            f'/usr/bin/printf "%b" "{NAGIOS_BODY}" | {mail} '
+            '-s "** PROBLEM Host Alert: db1 is DOWN **" alex@sms.test'
+        )
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "MAIL_CONFIG": str(base / "conf")}
+        proc = await asyncio.to_thread(
+            subprocess.run,
+            ["/bin/sh", "-c", command],
+            env=env,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        try:
+            received = await stack.smsc.wait_for(3, timeout=30)
+        except TimeoutError:
+            log = (base / "maillog").read_text(errors="replace")
+            raise AssertionError(f"no SMS; postfix log:\n{log}") from None
+    from tests.unit.test_email2sms import EXPECTED
+
+    # The same text as the sample captured from mailx: Postfix's added headers change nothing.
+    assert by_phone(received) == {"79990000001": EXPECTED["nagios_bsd_mailx_c_locale_host.eml"]}
+    assert len(received) == 3
+
+
+# ---- Exim: the router and transport of deploy/email2sms-clients.md ---------------------
+
+EXIM_DIR = Path("/opt/sms-relay-ci/exim4")
+
+
+def exim_binary() -> str:
+    """Debian's exim4 conflicts with postfix (both are the system MTA), so .ci/deps-clients
+    unpacks exim4-daemon-light's binary instead of installing the package."""
+    found = shutil.which("exim4")
+    path = found or str(EXIM_DIR / "usr" / "sbin" / "exim4")
+    if not Path(path).exists():
+        pytest.skip("exim4 is not installed (.ci/deps-clients unpacks exim4-daemon-light)")
+    try:
+        import pwd
+
+        pwd.getpwnam("Debian-exim")
+    except KeyError:
+        pytest.skip("no Debian-exim user (Debian's exim4 runs deliveries as it)")
+    return path
+
+
+def exim_snippet() -> tuple[str, str]:
+    """(router, transport) as written in deploy/email2sms-clients.md."""
+    doc = (Path(__file__).parents[2] / "deploy" / "email2sms-clients.md").read_text()
+    section = doc[doc.index("## Exim 4") :]
+    block = section.split("```\n")[1]
+    router, transport = block.split("# transports\n")
+    return router, transport
+
+
+@contextlib.contextmanager
+def exim_instance(binary: str, relay_port: int) -> Iterator[tuple[Path, Path]]:
+    """(config, log dir) of a private Exim: own spool and logs, the docs' router and transport."""
+    router, transport = exim_snippet()
+    base = Path(tempfile.mkdtemp(prefix="exim"))
+    base.chmod(0o755)
+    spool, logs = base / "spool", base / "log"
+    for d in (spool, logs):  # Exim writes both as Debian-exim once it drops root
+        d.mkdir()
+        shutil.chown(d, "Debian-exim", "Debian-exim")
+    conf = base / "exim.conf"
+    conf.write_text(
+        f"exim_path = {binary}\nspool_directory = {spool}\n"
+        f"log_file_path = {logs}/%slog\nprimary_hostname = mta.test\nkeep_environment =\n"
+        "begin routers\n"
+        + router.replace("sms.example.com", "sms.test").replace("::2525", f"::{relay_port}")
+        + "begin transports\n"
+        + transport
+    )
+    try:
+        yield conf, logs
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+async def test_exim_router_and_transport_from_the_docs(stack: Stack) -> None:
+    binary = exim_binary()
+    raw = (SAMPLES / "zabbix_html_base64_long_subject.eml").read_bytes()
+    with exim_instance(binary, stack.smtp_port) as (conf, logs):
+        # -odf: deliver in the foreground, so the mail has reached the relay when exim exits.
+        proc = await asyncio.to_thread(
+            subprocess.run,
+            [binary, "-C", str(conf), "-odf", "-f", "zabbix@example.org", "alex@sms.test"],
+            input=raw,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        log = await asyncio.to_thread(_read_if_any, logs / "mainlog")
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace") + log
+    assert "=> alex@sms.test R=sms_relay T=sms_relay_smtp H=127.0.0.1" in log, log
+    received = await stack.smsc.wait_for(3, timeout=10)
+    from tests.unit.test_email2sms import EXPECTED
+
+    assert by_phone(received) == {"79990000001": EXPECTED["zabbix_html_base64_long_subject.eml"]}
+    assert len(received) == 3
+
+
+def _read_if_any(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""

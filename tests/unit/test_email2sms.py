@@ -75,8 +75,8 @@ EXPECTED = {
     ),
     # Zabbix "HTML" media type: text/html in base64, the subject in four RFC 2047 words.
     "zabbix_html_base64_long_subject.eml": (
-        "Проблема: Свободное место на /var сервера db1.prod.example.org меньше 5% (осталось 1.2 ГБ)\n"
-        "Проблема началась в 10:12:03 2025.03.03\n"
+        "Проблема: Свободное место на /var сервера db1.prod.example.org меньше 5% "
+        "(осталось 1.2 ГБ)\nПроблема началась в 10:12:03 2025.03.03\n"
         "Имя проблемы: Свободное место на /var сервера db1.prod.example.org…"
     ),
 }
