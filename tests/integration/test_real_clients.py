@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from relay.smpp.simulator import ReceivedSms
 from tests.integration.harness import free_port
 from tests.integration.test_email2sms import (
     PASSWORD,
@@ -160,26 +161,40 @@ smtp_tls_security_level = none
         shutil.rmtree(base, ignore_errors=True)
 
 
+async def _into_postfix(
+    stack: Stack,
+    base: Path,
+    argv: list[str],
+    *,
+    sms: int,
+    input: bytes | None = None,
+    env: dict[str, str] | None = None,
+) -> list[ReceivedSms]:
+    """Run a mail-submitting command against the private Postfix at `base`; the `sms` SMS it
+    leads to (Postfix's pickup → qmgr → smtp → the relay flushes at once on submission)."""
+    proc = await asyncio.to_thread(
+        subprocess.run, argv, input=input, env=env, capture_output=True, timeout=30, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    try:
+        return await stack.smsc.wait_for(sms, timeout=30)
+    except TimeoutError:
+        log = (base / "maillog").read_text(errors="replace")
+        raise AssertionError(f"no SMS; postfix log:\n{log}") from None
+
+
 async def test_postfix_sendmail_reaches_the_smsc(stack: Stack) -> None:
     need("postfix")
     sendmail = need("sendmail")
     with postfix_instance(stack.smtp_port) as base:
         raw = (SAMPLES / "zabbix_base64_utf8_ru.eml").read_bytes()
-        proc = await asyncio.to_thread(
-            subprocess.run,
+        received = await _into_postfix(
+            stack,
+            base,
             [sendmail, "-C", str(base / "conf"), "-f", "zabbix@example.org", "alex@sms.test"],
+            sms=3,
             input=raw,
-            capture_output=True,
-            timeout=30,
-            check=False,
         )
-        assert proc.returncode == 0, proc.stderr
-        # Postfix's pickup → qmgr → smtp → the relay; it flushes at once on submission.
-        try:
-            received = await stack.smsc.wait_for(3, timeout=30)
-        except TimeoutError:
-            log = (base / "maillog").read_text(errors="replace")
-            raise AssertionError(f"no SMS; postfix log:\n{log}") from None
     from tests.unit.test_email2sms import EXPECTED
 
     assert by_phone(received) == {"79990000001": EXPECTED["zabbix_base64_utf8_ru.eml"]}
@@ -296,20 +311,7 @@ async def test_nagios_notify_host_by_email_through_bsd_mailx_and_postfix(stack: 
             '-s "** PROBLEM Host Alert: db1 is DOWN **" alex@sms.test'
         )
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "MAIL_CONFIG": str(base / "conf")}
-        proc = await asyncio.to_thread(
-            subprocess.run,
-            ["/bin/sh", "-c", command],
-            env=env,
-            capture_output=True,
-            timeout=30,
-            check=False,
-        )
-        assert proc.returncode == 0, proc.stderr
-        try:
-            received = await stack.smsc.wait_for(3, timeout=30)
-        except TimeoutError:
-            log = (base / "maillog").read_text(errors="replace")
-            raise AssertionError(f"no SMS; postfix log:\n{log}") from None
+        received = await _into_postfix(stack, base, ["/bin/sh", "-c", command], sms=3, env=env)
     from tests.unit.test_email2sms import EXPECTED
 
     # The same text as the sample captured from mailx: Postfix's added headers change nothing.
