@@ -34,6 +34,7 @@ from relay.smpp.link import UpstreamLink
 from relay.smpp.simulator import SmscSimulator
 from relay.sms.model import SmsProfile
 from relay.smtp_front import CommandMailHandler, IntakeCounters, smtp_factory
+from relay.smtp_workers import SmtpWorkers, listening_copy
 from relay.spool import SharedSpool, Spool, spool_for_config
 from relay.throughput import ThroughputShare
 from relay.worker import DispatchCounters, Dispatcher
@@ -146,6 +147,7 @@ class Relay:
     metrics_port: int = 0
     redactor: Redactor | None = None  # the log filter masking secrets; updated on SIGHUP
     tls: ssl.SSLContext | None = None  # the context aiosmtpd holds (reloaded in place)
+    workers: SmtpWorkers | None = None  # smtp.workers > 1: the processes that run SMTP
     _extra_servers: list[asyncio.Server] = field(default_factory=list)
 
     def request_stop(self) -> None:
@@ -159,7 +161,7 @@ class Relay:
         finishes with the rules it started with, the next one uses the new ones."""
         notify.reloading()
         try:
-            if self.config_path is None or self.handler is None:
+            if self.config_path is None or (self.handler is None and self.workers is None):
                 log.info("SIGHUP: no config file to reload")
                 return
             try:
@@ -171,8 +173,11 @@ class Relay:
             except ConfigError as exc:
                 log.error("SIGHUP: new config refused, keeping the old one: %s", exc)
                 return
-            self.handler.rules = intake_rules(new)
-            self.handler.rates = rate_rules(new)
+            if self.handler is not None:
+                self.handler.rules = intake_rules(new)
+                self.handler.rates = rate_rules(new)
+            if self.workers is not None:
+                self.workers.reload(new)
             if self.notifier is not None:
                 self.notifier.rules = notice_rules(new)
             if self.pruner is not None:
@@ -289,35 +294,10 @@ class Relay:
                     await shares.beat()  # this node's share before its first submit
 
             self.tls = tls_context(cfg)
-            self.handler = CommandMailHandler(
-                domains=cfg.smtp.domains,
-                rules=intake_rules(cfg),
-                spool=spool,
-                reject_invalid=cfg.smtp.reject_invalid,
-                max_recipients=cfg.smtp.max_recipients,
-                on_stored=stored,
-                counters=self.intake,
-                rates=rate_rules(cfg),
-                log_content=cfg.log.content,
-            )
-            tls = self.tls
-            factory = smtp_factory(
-                self.handler,
-                hostname=smtp_hostname(cfg),
-                max_message_size=cfg.smtp.max_message_size,
-                timeout=cfg.smtp.timeout,
-                tls_context=tls,
-                loop=loop,
-                auth_plain_loopback=cfg.smtp.auth_plain_loopback,
-            )
-            server = await loop.create_server(factory, host=cfg.smtp.host, port=cfg.smtp.port)
-            if cfg.smtp.tls_port and tls is not None:
-                # Implicit TLS (RFC 8314): the same sessions, encrypted from the first byte.
-                smtps = await loop.create_server(
-                    factory, host=cfg.smtp.host, port=cfg.smtp.tls_port, ssl=tls
-                )
-                self._extra_servers.append(smtps)
-            self.smtp_port = server.sockets[0].getsockname()[1]
+            if cfg.smtp.workers > 1:
+                server = await self._start_workers(spool, cfg, stored)
+            else:
+                server = await self._serve_smtp(spool, cfg, loop, stored)
             http: asyncio.Server | None = None
             if cfg.metrics.enabled:
                 registry = CollectorRegistry()
@@ -354,6 +334,9 @@ class Relay:
                         "binds": binds,
                         "virtual_smsc": simulator is not None,
                     }
+                    if self.workers is not None:  # none alive: no mail can come in
+                        detail["smtp_workers"] = self.workers.alive
+                        detail["ok"] = ok = ok and self.workers.alive > 0
                     if spool_error:
                         detail["spool_error"] = spool_error
                     return ok, detail
@@ -420,6 +403,79 @@ class Relay:
             if simulator is not None:
                 await simulator.stop()
 
+    async def _serve_smtp(
+        self,
+        spool: Spool,
+        cfg: RelayConfig,
+        loop: asyncio.AbstractEventLoop,
+        stored: Callable[[list[Outcome]], None],
+    ) -> asyncio.Server:
+        """The SMTP front in this process (`smtp.workers = 1`)."""
+        self.handler = CommandMailHandler(
+            domains=cfg.smtp.domains,
+            rules=intake_rules(cfg),
+            spool=spool,
+            reject_invalid=cfg.smtp.reject_invalid,
+            max_recipients=cfg.smtp.max_recipients,
+            on_stored=stored,
+            counters=self.intake,
+            rates=rate_rules(cfg),
+            log_content=cfg.log.content,
+        )
+        tls = self.tls
+        factory = smtp_factory(
+            self.handler,
+            hostname=smtp_hostname(cfg),
+            max_message_size=cfg.smtp.max_message_size,
+            timeout=cfg.smtp.timeout,
+            tls_context=tls,
+            loop=loop,
+            auth_plain_loopback=cfg.smtp.auth_plain_loopback,
+        )
+        server = await loop.create_server(factory, host=cfg.smtp.host, port=cfg.smtp.port)
+        if cfg.smtp.tls_port and tls is not None:
+            # Implicit TLS (RFC 8314): the same sessions, encrypted from the first byte.
+            smtps = await loop.create_server(
+                factory, host=cfg.smtp.host, port=cfg.smtp.tls_port, ssl=tls
+            )
+            self._extra_servers.append(smtps)
+        self.smtp_port = server.sockets[0].getsockname()[1]
+        return server
+
+    async def _start_workers(
+        self, spool: Spool, cfg: RelayConfig, stored: Callable[[list[Outcome]], None]
+    ) -> asyncio.Server:
+        """`smtp.workers` > 1: bind here, let the worker processes accept (relay.smtp_workers).
+
+        The returned server is bound only (never serves in this process): closing it at the stop
+        closes nothing the workers use; the workers get SIGTERM then."""
+        loop = asyncio.get_running_loop()
+
+        def refuse() -> asyncio.Protocol:
+            raise RuntimeError("the SMTP workers accept connections, not the daemon")
+
+        server = await loop.create_server(
+            refuse, host=cfg.smtp.host, port=cfg.smtp.port, start_serving=False
+        )
+        listeners = [(listening_copy(s), False) for s in server.sockets]
+        if cfg.smtp.tls_port and self.tls is not None:
+            smtps = await loop.create_server(
+                refuse, host=cfg.smtp.host, port=cfg.smtp.tls_port, start_serving=False
+            )
+            self._extra_servers.append(smtps)
+            listeners += [(listening_copy(s), True) for s in smtps.sockets]
+        self.smtp_port = listeners[0][0].getsockname()[1]
+        self.workers = SmtpWorkers(
+            cfg.smtp.workers,
+            spool,
+            cfg,
+            listeners,
+            counters=self.intake,
+            on_stored=lambda: stored([]),
+        )
+        await self.workers.start()
+        return server
+
     async def _watchdog(self, interval: float) -> None:
         """systemd WatchdogSec: ping at half the interval while the loop is alive."""
         while not self._stop.is_set():
@@ -429,6 +485,9 @@ class Relay:
 
     async def _drain_smtp(self, server: asyncio.Server) -> None:
         """Let SMTP transactions in progress finish (bounded), then close the rest."""
+        if self.workers is not None:  # each worker does the same, then exits
+            await self.workers.stop()
+            return
         assert self.handler is not None
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.handler.drain(), SMTP_DRAIN_SECONDS)

@@ -52,6 +52,10 @@ class SmtpConfig(_Section):
     # forwarded to this address through replies.smarthost; "postmaster" alone is the
     # smarthost's own postmaster. Empty: refused with 550.
     postmaster: str = "postmaster"
+    # SMTP worker processes: 1 = the sessions run in the daemon's own process; N > 1 = N
+    # processes accept on the same sockets and hand what they accept to the daemon's spool
+    # (ingest then uses more than one core; relay.smtp_workers). Up to the number of cores.
+    workers: int = Field(1, ge=1, le=64)
 
     @field_validator("domains")
     @classmethod

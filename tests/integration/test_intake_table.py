@@ -40,11 +40,18 @@ class Daemon:
     port: int
 
 
-def config(tmp: Path, smtp_port: int, smpp_port: int, sink_port: int, **limits: object) -> Path:
+def config(
+    tmp: Path, smtp_port: int, smpp_port: int, sink_port: int, workers: int = 1, **limits: object
+) -> Path:
     return write_config(
         tmp / "relay.toml",
         {
-            "smtp": {"host": "127.0.0.1", "port": smtp_port, "domains": ["sms.test"]},
+            "smtp": {
+                "host": "127.0.0.1",
+                "port": smtp_port,
+                "domains": ["sms.test"],
+                "workers": workers,
+            },
             "smpp": {"host": "127.0.0.1", "port": smpp_port, "reconnect_min": 0.1},
             "spool": {"url": f"sqlite:///{tmp / 'spool.db'}", "retry_min": 0.2, "retry_max": 1},
             "replies": {"smarthost": f"127.0.0.1:{sink_port}", "sender": "relay@sms.test"},
@@ -72,15 +79,22 @@ def config(tmp: Path, smtp_port: int, smpp_port: int, sink_port: int, **limits: 
     )
 
 
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def daemon(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Daemon]:
+# The whole table runs against the daemon alone and with its SMTP front in two worker
+# processes (smtp.workers = 2): the answers must not depend on where the session runs.
+@pytest_asyncio.fixture(
+    loop_scope="module", scope="module", params=[1, 2], ids=["in-process", "2-workers"]
+)
+async def daemon(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> AsyncIterator[Daemon]:
     tmp = tmp_path_factory.mktemp("table")
     smsc = SmscSimulator(host="127.0.0.1", port=0)
     await smsc.start()
     sink = ReplySink()
     await sink.start()
     port = free_port()
-    relay = RelayProcess(config(tmp, port, smsc.port, sink.port), tmp / "relay.log")
+    cfg = config(tmp, port, smsc.port, sink.port, workers=request.param)
+    relay = RelayProcess(cfg, tmp / "relay.log")
     await asyncio.to_thread(relay.start, port)
     yield Daemon(relay, smsc, sink, port)
     await asyncio.to_thread(relay.stop)
@@ -315,13 +329,14 @@ async def test_balance_exhausted_is_3(daemon: Daemon) -> None:
 
 
 @pytest.mark.asyncio(loop_scope="function")
-async def test_ip_blocked_after_repeated_failures_is_4(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_ip_blocked_after_repeated_failures_is_4(tmp_path: Path, workers: int) -> None:
     smsc = SmscSimulator(host="127.0.0.1", port=0)
     await smsc.start()
     sink = ReplySink()
     await sink.start()
     port = free_port()
-    cfg = config(tmp_path, port, smsc.port, sink.port, ip_fail_count=2)
+    cfg = config(tmp_path, port, smsc.port, sink.port, workers=workers, ip_fail_count=2)
     relay = RelayProcess(cfg, tmp_path / "relay.log")
     await asyncio.to_thread(relay.start, port)
     d = Daemon(relay, smsc, sink, port)

@@ -190,6 +190,7 @@ class Daemon:
     metrics_port: int
     config: Path
     tmp: Path
+    options: dict[str, Any]  # relay_config's keywords the daemon started with
 
     def rewrite(self, **kwargs: Any) -> None:
         relay_config(
@@ -198,7 +199,7 @@ class Daemon:
             smpp_port=self.smsc.port,
             sink_port=self.sink.port,
             metrics_port=self.metrics_port,
-            **kwargs,
+            **{**self.options, **kwargs},
         )
 
     def reload(self) -> None:
@@ -229,7 +230,7 @@ async def daemon(tmp: Path, *, metrics: bool = True, **config: Any) -> AsyncIter
     try:
         await asyncio.to_thread(relay.start, smtp_port)
         await asyncio.to_thread(notify.wait_for, "READY=1")
-        yield Daemon(relay, smsc, sink, notify, smtp_port, metrics_port, cfg, tmp)
+        yield Daemon(relay, smsc, sink, notify, smtp_port, metrics_port, cfg, tmp, config)
     finally:
         await asyncio.to_thread(relay.stop)
         await smsc.stop()
@@ -240,50 +241,68 @@ async def daemon(tmp: Path, *, metrics: bool = True, **config: Any) -> AsyncIter
 # --------------------------------------------------------------------------- /metrics
 
 
-async def test_metrics_exact_values_after_a_scripted_run(tmp_path: Path) -> None:
-    async with daemon(tmp_path) as d:
+async def wait_metrics(
+    port: int, expected: dict[str, float], timeout: float = 10.0
+) -> dict[str, float]:
+    """Scrape until every key has its expected value (SMTP worker processes report their
+    counters twice a second); the last scrape either way."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = await asyncio.to_thread(scrape, port)
+        if all(got.get(k) == v for k, v in expected.items()) or time.monotonic() > deadline:
+            return got
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_metrics_exact_values_after_a_scripted_run(tmp_path: Path, workers: int) -> None:
+    async with daemon(tmp_path, smtp={"workers": workers}) as d:
         await send(d.smtp_port, f"alex:{PASSWORD}::::79161234567:one")
         await send(d.smtp_port, f"alex:{PASSWORD}::::79161234568,79161234569:two recipients")
         await send(d.smtp_port, f"alex:{PASSWORD}::::79161234570:three")
         await send(d.smtp_port, f"alex:{WRONG_PASSWORD}::::79161234571:refused")
+        expected = EXPECTED_AFTER_SCRIPT
         await d.smsc.wait_for(4, timeout=10)
         await d.sink.wait_for(1)  # the ERROR = 2 reply (test = 0: no reply for the accepted)
         await wait_metric(d.metrics_port, 'sms_relay_sms_parts_total{result="delivered"}', 4)
-        got = await wait_metric(d.metrics_port, 'sms_relay_reply_mails_total{result="sent"}', 1)
-    expected = {
-        "sms_relay_smtp_sessions_total{}": 5,  # 4 mails + the harness's readiness probe
-        'sms_relay_mails_total{code="0",outcome="accepted"}': 3,
-        'sms_relay_mails_total{code="2",outcome="refused"}': 1,
-        'sms_relay_mails_total{code="0",outcome="tempfail"}': 0,
-        'sms_relay_sms_parts_total{result="queued"}': 4,
-        'sms_relay_sms_parts_total{result="submitted"}': 4,
-        'sms_relay_sms_parts_total{result="delivered"}': 4,
-        'sms_relay_sms_parts_total{result="undeliverable"}': 0,
-        'sms_relay_sms_parts_total{result="failed"}': 0,
-        'sms_relay_sms_parts_total{result="expired"}': 0,
-        'sms_relay_sms_parts_total{result="retried"}': 0,
-        "sms_relay_throttled_total{}": 0,
-        'sms_relay_receipts_total{stat="DELIVRD"}': 4,
-        "sms_relay_submit_latency_seconds_count{}": 4,
-        'sms_relay_submit_latency_seconds_bucket{le="+Inf"}': 4,
-        "sms_relay_end_to_end_seconds_count{}": 4,
-        'sms_relay_end_to_end_seconds_bucket{le="+Inf"}': 4,
-        'sms_relay_end_to_end_seconds_bucket{le="10.0"}': 4,
-        'sms_relay_spool_jobs{state="delivered"}': 4,
-        'sms_relay_spool_jobs{state="queued"}': 0,
-        'sms_relay_spool_jobs{state="sending"}': 0,
-        'sms_relay_spool_jobs{state="mail_sent"}': 1,
-        "sms_relay_spool_oldest_due_seconds{}": 0,
-        'sms_relay_bind_up{bind="0"}': 1,
-        'sms_relay_bind_state{bind="0",state="bound"}': 1,
-        'sms_relay_bind_state{bind="0",state="down"}': 0,
-        'sms_relay_bind_reconnects_total{bind="0"}': 0,
-        'sms_relay_reply_mails_total{result="sent"}': 1,
-        'sms_relay_reply_mails_total{result="failed"}': 0,
-        'sms_relay_reply_mails_total{result="retried"}': 0,
-    }
+        await wait_metric(d.metrics_port, 'sms_relay_reply_mails_total{result="sent"}', 1)
+        got = await wait_metrics(d.metrics_port, expected)
     assert {k: got.get(k) for k in expected} == expected
     assert 0 < got["sms_relay_end_to_end_seconds_sum{}"] < 40
+
+
+EXPECTED_AFTER_SCRIPT = {
+    "sms_relay_smtp_sessions_total{}": 5,  # 4 mails + the harness's readiness probe
+    'sms_relay_mails_total{code="0",outcome="accepted"}': 3,
+    'sms_relay_mails_total{code="2",outcome="refused"}': 1,
+    'sms_relay_mails_total{code="0",outcome="tempfail"}': 0,
+    'sms_relay_sms_parts_total{result="queued"}': 4,
+    'sms_relay_sms_parts_total{result="submitted"}': 4,
+    'sms_relay_sms_parts_total{result="delivered"}': 4,
+    'sms_relay_sms_parts_total{result="undeliverable"}': 0,
+    'sms_relay_sms_parts_total{result="failed"}': 0,
+    'sms_relay_sms_parts_total{result="expired"}': 0,
+    'sms_relay_sms_parts_total{result="retried"}': 0,
+    "sms_relay_throttled_total{}": 0,
+    'sms_relay_receipts_total{stat="DELIVRD"}': 4,
+    "sms_relay_submit_latency_seconds_count{}": 4,
+    'sms_relay_submit_latency_seconds_bucket{le="+Inf"}': 4,
+    "sms_relay_end_to_end_seconds_count{}": 4,
+    'sms_relay_end_to_end_seconds_bucket{le="+Inf"}': 4,
+    'sms_relay_end_to_end_seconds_bucket{le="10.0"}': 4,
+    'sms_relay_spool_jobs{state="delivered"}': 4,
+    'sms_relay_spool_jobs{state="queued"}': 0,
+    'sms_relay_spool_jobs{state="sending"}': 0,
+    'sms_relay_spool_jobs{state="mail_sent"}': 1,
+    "sms_relay_spool_oldest_due_seconds{}": 0,
+    'sms_relay_bind_up{bind="0"}': 1,
+    'sms_relay_bind_state{bind="0",state="bound"}': 1,
+    'sms_relay_bind_state{bind="0",state="down"}': 0,
+    'sms_relay_bind_reconnects_total{bind="0"}': 0,
+    'sms_relay_reply_mails_total{result="sent"}': 1,
+    'sms_relay_reply_mails_total{result="failed"}': 0,
+    'sms_relay_reply_mails_total{result="retried"}': 0,
+}
 
 
 # --------------------------------------------------------------------------- /healthz
@@ -343,10 +362,11 @@ async def test_sd_notify_ready_then_stopping_on_sigterm(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- SIGHUP
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_sighup_reloads_passwords_keeps_connections_and_refuses_bad_config(
-    tmp_path: Path,
+    tmp_path: Path, workers: int
 ) -> None:
-    async with daemon(tmp_path, metrics=False) as d:
+    async with daemon(tmp_path, metrics=False, smtp={"workers": workers}) as d:
         pw_file = tmp_path / "pw"
         cli_config = tmp_path / "cli.toml"  # the CLI's own copy: d.config gets broken below
 

@@ -1,0 +1,235 @@
+"""The daemon's side of the SMTP worker processes (`smtp.workers` > 1).
+
+The daemon alone is one Python process: its SMTP sessions, parsing and the spool writer share one
+interpreter lock, so on a machine with several cores ingest stops at one core. With `workers = N`
+the daemon binds the SMTP sockets and starts N processes of relay.smtp_worker that accept on them
+(the kernel spreads the connections); each runs the SMTP front and asks the daemon's spool over a
+socket pair to store what it accepted. The daemon keeps one spool writer, so the stores of all
+workers are still committed together (group commit) and the SPEC §5 checks see one state.
+
+A worker that dies is started again (its sessions in progress are cut: their clients retry, as
+after any crash; what was answered `250` is in the spool). Counters for /metrics come from the
+workers twice a second and at their stop; a killed worker's last half second is not counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from relay.config import RelayConfig
+from relay.smtp_front import IntakeCounters
+from relay.smtp_ipc import Channel
+from relay.spool import Spool
+from relay.spool.model import NewRequest
+
+log = logging.getLogger("relay.smtp.workers")
+
+READY_SECONDS = 20.0  # a worker that has not said "ready" by then is reported (and waited no more)
+RESTART_MIN, RESTART_MAX = 0.5, 30.0
+STOP_SECONDS = 6.0  # SIGTERM → exit; a worker finishes its transactions in ≤ 3 s
+
+
+def listening_copy(sock: Any, backlog: int = socket.SOMAXCONN) -> socket.socket:
+    """A listening duplicate of a bound socket (from `create_server(start_serving=False)`,
+    whose sockets are bound but not listening, and which closes them on its own)."""
+    dup = socket.socket(fileno=os.dup(sock.fileno()))
+    dup.listen(backlog)
+    return dup
+
+
+def add_counters(total: IntakeCounters, snapshot: dict[str, Any]) -> None:
+    """Add a worker's counter snapshot into `total` (ints add; by-code dicts add per key)."""
+    for f in fields(IntakeCounters):
+        value = snapshot.get(f.name)
+        if isinstance(value, dict):
+            into: dict[Any, int] = getattr(total, f.name)
+            for k, n in value.items():
+                into[k] = into.get(k, 0) + int(n)
+        elif isinstance(value, int):
+            setattr(total, f.name, getattr(total, f.name) + value)
+
+
+@dataclass
+class _Slot:
+    index: int
+    proc: asyncio.subprocess.Process | None = None
+    channel: Channel | None = None
+    counters: dict[str, Any] = field(default_factory=dict)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class SmtpWorkers:
+    """Starts, feeds, supervises and stops the SMTP worker processes."""
+
+    def __init__(
+        self,
+        count: int,
+        spool: Spool,
+        cfg: RelayConfig,
+        listeners: Sequence[tuple[socket.socket, bool]],
+        *,
+        counters: IntakeCounters,
+        on_stored: Callable[[], None],
+    ) -> None:
+        self.spool = spool
+        self.cfg = cfg
+        self.listeners = list(listeners)
+        self.intake = counters
+        self.on_stored = on_stored
+        self.slots = [_Slot(i) for i in range(count)]
+        self._retired = IntakeCounters()  # what workers that have exited had counted
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self.restarts = 0
+
+    @property
+    def alive(self) -> int:
+        return sum(1 for s in self.slots if s.proc is not None and s.proc.returncode is None)
+
+    async def start(self) -> None:
+        """Start every worker; return when all listen (or after READY_SECONDS, logged)."""
+        self._tasks = [
+            asyncio.create_task(self._supervise(slot), name=f"smtp-worker-{slot.index}")
+            for slot in self.slots
+        ]
+        waits = [asyncio.ensure_future(slot.ready.wait()) for slot in self.slots]
+        _, late = await asyncio.wait(waits, timeout=READY_SECONDS)
+        for w in late:
+            w.cancel()
+        if late:
+            log.error("%d SMTP worker(s) not ready after %.0f s", len(late), READY_SECONDS)
+
+    def reload(self, cfg: RelayConfig) -> None:
+        """SIGHUP: the new config to every worker (each swaps its rules and TLS certificate)."""
+        self.cfg = cfg
+        dumped = cfg.model_dump(mode="json")
+        for slot in self.slots:
+            if slot.channel is not None:
+                slot.channel.event("config", dumped)
+
+    async def stop(self) -> None:
+        """SIGTERM every worker, wait for them to finish their transactions, kill the rest."""
+        self._stopping = True
+        for slot in self.slots:
+            if slot.proc is not None and slot.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    slot.proc.send_signal(signal.SIGTERM)
+        if self._tasks:
+            _, late = await asyncio.wait(self._tasks, timeout=STOP_SECONDS)
+            for slot in self.slots:
+                if slot.proc is not None and slot.proc.returncode is None:
+                    log.warning("SMTP worker %d did not stop in time: killed", slot.index)
+                    with contextlib.suppress(ProcessLookupError):
+                        slot.proc.kill()
+            if late:
+                await asyncio.wait(late, timeout=2.0)
+        for sock, _ in self.listeners:
+            sock.close()
+
+    # -- one worker ---------------------------------------------------------------------
+
+    async def _supervise(self, slot: _Slot) -> None:
+        delay = RESTART_MIN
+        while not self._stopping:
+            try:
+                code = await self._run_once(slot)
+            except OSError as exc:
+                log.error("cannot start SMTP worker %d: %s", slot.index, exc)
+                code = None
+            add_counters(self._retired, slot.counters)
+            slot.counters = {}
+            self._sum()
+            if self._stopping:
+                return
+            log.error("SMTP worker %d exited (%s): starting it again", slot.index, code)
+            self.restarts += 1
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RESTART_MAX)
+
+    async def _run_once(self, slot: _Slot) -> int | None:
+        ours, theirs = socket.socketpair()
+        fds = [theirs.fileno(), *(s.fileno() for s, _ in self.listeners)]
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "relay.smtp_worker",
+                "--channel",
+                str(theirs.fileno()),
+                pass_fds=fds,
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+        finally:
+            theirs.close()
+        slot.proc = proc
+        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        channel = Channel(
+            reader,
+            writer,
+            on_call=self._call,
+            on_event=lambda name, payload: self._event(slot, name, payload),
+        )
+        slot.channel = channel
+        channel.event(
+            "start",
+            {
+                "config": self.cfg.model_dump(mode="json"),
+                "listen": [(s.fileno(), tls) for s, tls in self.listeners],
+            },
+        )
+        serving = asyncio.ensure_future(channel.serve())
+        try:
+            code = await proc.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(serving), 1.0)  # its last counters
+            await channel.finish()
+        finally:
+            serving.cancel()
+            channel.close()
+            slot.channel = None
+            slot.ready.clear()
+        return code
+
+    def _event(self, slot: _Slot, name: str, payload: Any) -> None:
+        if name == "ready":
+            log.info("SMTP worker %d (pid %s) listening", slot.index, payload)
+            slot.ready.set()
+        elif name == "counters" and isinstance(payload, dict):
+            slot.counters = payload
+            self._sum()
+
+    def _sum(self) -> None:
+        total = IntakeCounters()
+        add_counters(total, {f.name: getattr(self._retired, f.name) for f in fields(total)})
+        for slot in self.slots:
+            add_counters(total, slot.counters)
+        for f in fields(total):  # in place: the metrics collector holds this object
+            setattr(self.intake, f.name, getattr(total, f.name))
+
+    async def _call(self, method: str, args: tuple[Any, ...]) -> Any:
+        spool = self.spool
+        if method == "ip_blocked":
+            return await spool.ip_blocked(str(args[0]), float(args[1]))
+        if method == "store":
+            requests: list[NewRequest] = [args[0]]
+            result: Any = await spool.store(args[0])
+        elif method == "store_all":
+            requests = list(args[0])
+            result = await spool.store_all(requests)
+        else:
+            raise ValueError(f"unknown call {method!r}")
+        if any(r.ip_failure for r in requests):  # may have blocked an IP: every worker asks anew
+            for slot in self.slots:
+                if slot.channel is not None:
+                    slot.channel.event("blocks")
+        self.on_stored()
+        return result
