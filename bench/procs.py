@@ -62,6 +62,16 @@ def thread_cpu(pid: int) -> dict[int, float]:
     return out
 
 
+def child_pids(pid: int) -> list[int]:
+    """The direct children of a process (the relay's SMTP workers), from /proc; [] when none."""
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
 @dataclass
 class RssSampler:
     """Samples a process's RSS every `interval` s in a thread; `peak` is the largest seen."""
@@ -158,7 +168,7 @@ class Procs:
         self.profile.mkdir(parents=True, exist_ok=True)
         out = self.profile / f"{name}.txt"
         args = [spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "250"]
-        args += ["--threads", "--output", str(out)]
+        args += ["--threads", "--subprocesses", "--output", str(out)]
         with (self.profile / f"{name}.py-spy.log").open("ab") as log:
             self.profilers.append(subprocess.Popen(args, stdout=log, stderr=log))
         time.sleep(0.5)  # let py-spy attach before the load starts

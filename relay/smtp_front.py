@@ -416,7 +416,7 @@ class CommandMailHandler:
             rules.postmaster,
             extra={"request_id": request_id},
         )
-        self.on_stored([])
+        self.on_stored([])  # no outcome: a mail (to postmaster), no SMS
         return f"250 2.0.0 OK queued as {request_id}"
 
     async def handle_exception(self, error: Exception) -> str:

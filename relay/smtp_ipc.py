@@ -61,6 +61,7 @@ class Channel:
         self._next = 0
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._out: list[bytes] = []  # frames of this loop iteration, written together
         self.closed = False
 
     async def call(self, method: str, *args: Any) -> Any:
@@ -71,7 +72,7 @@ class Channel:
         n = self._next
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting[n] = fut
-        self._writer.write(frame(("call", n, method, args)))
+        self._send(frame(("call", n, method, args)))
         try:
             return await fut
         finally:
@@ -79,9 +80,23 @@ class Channel:
 
     def event(self, name: str, payload: Any = None) -> None:
         if not self.closed:
-            self._writer.write(frame(("event", name, payload)))
+            self._send(frame(("event", name, payload)))
+
+    def _send(self, data: bytes) -> None:
+        """Queue a frame; the frames of one loop iteration go out in one write (one wakeup of
+        the other process for many mails: under load the stores of several sessions, and the
+        answers of one commit group, travel together)."""
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out.append(data)
+
+    def _flush(self) -> None:
+        if self._out and not self.closed:
+            self._writer.write(b"".join(self._out))
+        self._out.clear()
 
     async def drain(self) -> None:
+        self._flush()
         with contextlib.suppress(ConnectionError):
             await self._writer.drain()
 
@@ -105,6 +120,7 @@ class Channel:
             self._waiting.clear()
 
     def close(self) -> None:
+        self._flush()
         self.closed = True
         self._writer.close()
 
@@ -134,7 +150,7 @@ class Channel:
         else:
             reply = ("reply", n, True, value)
         if not self.closed:
-            self._writer.write(frame(reply))
+            self._send(frame(reply))
 
     async def finish(self) -> None:
         """Wait for the answers still being worked out (at a stop)."""

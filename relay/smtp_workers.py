@@ -3,7 +3,8 @@
 The daemon alone is one Python process: its SMTP sessions, parsing and the spool writer share one
 interpreter lock, so on a machine with several cores ingest stops at one core. With `workers = N`
 the daemon binds the SMTP sockets and starts N processes of relay.smtp_worker that accept on them
-(the kernel spreads the connections); each runs the SMTP front and asks the daemon's spool over a
+(each worker its own sockets on the same address, SO_REUSEPORT: the kernel spreads the
+connections); each runs the SMTP front and asks the daemon's spool over a
 socket pair to store what it accepted. The daemon keeps one spool writer, so the stores of all
 workers are still committed together (group commit) and the SPEC §5 checks see one state.
 
@@ -61,6 +62,7 @@ def add_counters(total: IntakeCounters, snapshot: dict[str, Any]) -> None:
 @dataclass
 class _Slot:
     index: int
+    listeners: list[tuple[socket.socket, bool]]  # (socket, implicit TLS)
     proc: asyncio.subprocess.Process | None = None
     channel: Channel | None = None
     counters: dict[str, Any] = field(default_factory=dict)
@@ -72,20 +74,19 @@ class SmtpWorkers:
 
     def __init__(
         self,
-        count: int,
         spool: Spool,
         cfg: RelayConfig,
-        listeners: Sequence[tuple[socket.socket, bool]],
+        listeners: Sequence[Sequence[tuple[socket.socket, bool]]],
         *,
         counters: IntakeCounters,
-        on_stored: Callable[[], None],
+        on_stored: Callable[[bool, bool], None],  # (SMS jobs queued, mails queued)
     ) -> None:
         self.spool = spool
         self.cfg = cfg
-        self.listeners = list(listeners)
         self.intake = counters
         self.on_stored = on_stored
-        self.slots = [_Slot(i) for i in range(count)]
+        # one slot per worker, each with its own listening sockets (SO_REUSEPORT)
+        self.slots = [_Slot(i, list(socks)) for i, socks in enumerate(listeners)]
         self._retired = IntakeCounters()  # what workers that have exited had counted
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -132,8 +133,9 @@ class SmtpWorkers:
                         slot.proc.kill()
             if late:
                 await asyncio.wait(late, timeout=2.0)
-        for sock, _ in self.listeners:
-            sock.close()
+        for slot in self.slots:
+            for sock, _ in slot.listeners:
+                sock.close()
 
     # -- one worker ---------------------------------------------------------------------
 
@@ -157,7 +159,7 @@ class SmtpWorkers:
 
     async def _run_once(self, slot: _Slot) -> int | None:
         ours, theirs = socket.socketpair()
-        fds = [theirs.fileno(), *(s.fileno() for s, _ in self.listeners)]
+        fds = [theirs.fileno(), *(s.fileno() for s, _ in slot.listeners)]
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -183,7 +185,7 @@ class SmtpWorkers:
             "start",
             {
                 "config": self.cfg.model_dump(mode="json"),
-                "listen": [(s.fileno(), tls) for s, tls in self.listeners],
+                "listen": [(s.fileno(), tls) for s, tls in slot.listeners],
             },
         )
         serving = asyncio.ensure_future(channel.serve())
@@ -231,5 +233,7 @@ class SmtpWorkers:
             for slot in self.slots:
                 if slot.channel is not None:
                     slot.channel.event("blocks")
-        self.on_stored()
+        self.on_stored(
+            any(r.jobs and not r.error for r in requests), any(r.mails for r in requests)
+        )
         return result
