@@ -170,6 +170,7 @@ class Relay:
         the old one kept. Open SMTP connections are untouched: a transaction in progress
         finishes with the rules it started with, the next one uses the new ones."""
         notify.reloading()
+        settling: asyncio.Task[None] | None = None
         try:
             if self.config_path is None or (self.handler is None and self.workers is None):
                 log.info("SIGHUP: no config file to reload")
@@ -186,15 +187,23 @@ class Relay:
             if self.handler is not None:
                 self.handler.rules = intake_rules(new)
                 self.handler.rates = rate_rules(new)
-            if self.workers is not None:
-                self.workers.reload(new)
+            if self.workers is not None:  # READY=1 once every worker has the new config
+                settling = asyncio.ensure_future(self._workers_reloaded(self.workers, new))
             if self.notifier is not None:
                 self.notifier.rules = notice_rules(new)
             if self.pruner is not None:
                 self.pruner.rules = prune_rules(new)
             log.info("SIGHUP: reloaded %d account(s); %s", len(new.accounts), tls_note)
         finally:
-            notify.ready()  # systemd stays "reloading" until it hears READY=1 again
+            if settling is None:
+                notify.ready()  # systemd stays "reloading" until it hears READY=1 again
+
+    @staticmethod
+    async def _workers_reloaded(workers: SmtpWorkers, new: RelayConfig) -> None:
+        try:
+            await workers.reload(new)
+        finally:
+            notify.ready()
 
     async def run(self, *, on_ready: Callable[[Relay], None] | None = None) -> None:
         cfg = self.cfg

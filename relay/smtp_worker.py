@@ -81,6 +81,7 @@ class Worker:
         self.redactor: Redactor | None = None
         self.tls: ssl.SSLContext | None = None
         self.spool: RemoteSpool | None = None
+        self.channel: Channel | None = None
         self._listen: list[tuple[int, bool]] = []  # (fd, implicit TLS)
         self._stop = asyncio.Event()
 
@@ -92,6 +93,8 @@ class Worker:
                 self.cfg.set_result(cfg)
         elif name == "config":
             self._reload(RelayConfig.model_validate(payload))
+            if self.channel is not None:
+                self.channel.event("reloaded")
         elif name == "blocks" and self.spool is not None:
             self.spool.blocks_changed()
 
@@ -118,6 +121,7 @@ class Worker:
         sock = socket.socket(fileno=self.channel_fd)
         reader, writer = await asyncio.open_unix_connection(sock=sock)
         channel = Channel(reader, writer, on_event=self.on_event)
+        self.channel = channel
         self.cfg = loop.create_future()
         serving = asyncio.ensure_future(channel.serve())
         serving.add_done_callback(lambda _: self._stop.set())  # the daemon's end closed

@@ -36,7 +36,8 @@ log = logging.getLogger("relay.smtp.workers")
 
 READY_SECONDS = 20.0  # a worker that has not said "ready" by then is reported (and waited no more)
 RESTART_MIN, RESTART_MAX = 0.5, 30.0
-STOP_SECONDS = 6.0  # SIGTERM → exit; a worker finishes its transactions in ≤ 3 s
+STOP_SECONDS = 6.0
+RELOAD_SECONDS = 5.0  # SIGTERM → exit; a worker finishes its transactions in ≤ 3 s
 
 
 def listening_copy(sock: Any, backlog: int = socket.SOMAXCONN) -> socket.socket:
@@ -67,6 +68,7 @@ class _Slot:
     channel: Channel | None = None
     counters: dict[str, Any] = field(default_factory=dict)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    reloaded: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class SmtpWorkers:
@@ -109,13 +111,23 @@ class SmtpWorkers:
         if late:
             log.error("%d SMTP worker(s) not ready after %.0f s", len(late), READY_SECONDS)
 
-    def reload(self, cfg: RelayConfig) -> None:
-        """SIGHUP: the new config to every worker (each swaps its rules and TLS certificate)."""
-        self.cfg = cfg
+    async def reload(self, cfg: RelayConfig) -> None:
+        """SIGHUP: the new config to every worker (each swaps its rules and TLS certificate);
+        returns when each has said it did (or after RELOAD_SECONDS, logged)."""
+        self.cfg = cfg  # also what a worker started from now on gets
         dumped = cfg.model_dump(mode="json")
+        waits = []
         for slot in self.slots:
-            if slot.channel is not None:
+            if slot.channel is not None and not slot.channel.closed:
+                slot.reloaded.clear()
                 slot.channel.event("config", dumped)
+                waits.append(asyncio.ensure_future(slot.reloaded.wait()))
+        if waits:
+            _, late = await asyncio.wait(waits, timeout=RELOAD_SECONDS)
+            for w in late:
+                w.cancel()
+            if late:
+                log.error("%d SMTP worker(s) did not confirm the reload", len(late))
 
     async def stop(self) -> None:
         """SIGTERM every worker, wait for them to finish their transactions, kill the rest."""
@@ -205,6 +217,8 @@ class SmtpWorkers:
         if name == "ready":
             log.info("SMTP worker %d (pid %s) listening", slot.index, payload)
             slot.ready.set()
+        elif name == "reloaded":
+            slot.reloaded.set()
         elif name == "counters" and isinstance(payload, dict):
             slot.counters = payload
             self._sum()

@@ -127,9 +127,11 @@ async def stop_stack(stack: Stack) -> None:
     await stack.sink.stop()
 
 
-@pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    s = await start_stack(tmp_path)
+# Each test runs against the daemon alone and with its SMTP front in two worker processes
+# (smtp.workers = 2: AUTH, STARTTLS, implicit TLS and the argon2 thread there).
+@pytest.fixture(params=[1, 2], ids=["in-process", "2-workers"])
+async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
+    s = await start_stack(tmp_path, smtp={"workers": request.param})
     try:
         yield s
     finally:

@@ -463,7 +463,8 @@ def _starttls(port: int) -> tuple[smtplib.SMTP, bytes]:
     return client, der
 
 
-async def test_sighup_reloads_the_tls_certificate_in_place(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_sighup_reloads_the_tls_certificate_in_place(tmp_path: Path, workers: int) -> None:
     certs = tmp_path / "certs"
     certs.mkdir()
     live_cert, live_key = certs / "live.crt", certs / "live.key"
@@ -471,7 +472,7 @@ async def test_sighup_reloads_the_tls_certificate_in_place(tmp_path: Path) -> No
     b_cert, b_key, b_der = _self_signed(certs, "cert-b")
     shutil.copy(a_cert, live_cert)
     shutil.copy(a_key, live_key)
-    tls = {"tls_cert": str(live_cert), "tls_key": str(live_key)}
+    tls = {"tls_cert": str(live_cert), "tls_key": str(live_key), "workers": workers}
     async with daemon(tmp_path, metrics=False, smtp=tls) as d:
         before, der = await asyncio.to_thread(_starttls, d.smtp_port)
         assert der == a_der
