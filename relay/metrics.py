@@ -57,7 +57,7 @@ class RelayCollector(Collector):
     def __init__(
         self,
         *,
-        intake: IntakeCounters,
+        intake: IntakeCounters | Callable[[], IntakeCounters],  # a function: summed at scrape
         dispatch: DispatchCounters,
         mail: MailCounters,
         links: Sequence[BindView],
@@ -68,23 +68,28 @@ class RelayCollector(Collector):
         self.pruned = pruned or PruneCounters()
         self.callbacks = callbacks or CallbackCounters()
         self.notices = notices or NoticeCounters()
-        self.intake = intake
+        self._intake = intake
         self.dispatch = dispatch
         self.mail = mail
         self.links = links
         self.spool_depth: dict[str, int] = {}  # refreshed by the HTTP handler before a scrape
         self.oldest_due: float | None = None  # not_before of the earliest queued job
 
+    @property
+    def intake(self) -> IntakeCounters:
+        return self._intake if isinstance(self._intake, IntakeCounters) else self._intake()
+
     def collect(self) -> Iterable[Metric]:
+        intake = self.intake  # once per scrape (with SMTP workers: a sum)
         p = "sms_relay_"
-        yield CounterMetricFamily(p + "smtp_sessions", "SMTP sessions opened", self.intake.sessions)
+        yield CounterMetricFamily(p + "smtp_sessions", "SMTP sessions opened", intake.sessions)
         mails = CounterMetricFamily(
             p + "mails", "Requests received, by outcome and error code", labels=["outcome", "code"]
         )
-        mails.add_metric(["accepted", "0"], self.intake.accepted)
-        for code, n in sorted(self.intake.refused.items()):
+        mails.add_metric(["accepted", "0"], intake.accepted)
+        for code, n in sorted(intake.refused.items()):
             mails.add_metric(["refused", str(code)], n)
-        mails.add_metric(["tempfail", "0"], self.intake.temp_failures)
+        mails.add_metric(["tempfail", "0"], intake.temp_failures)
         yield mails
         limited = CounterMetricFamily(
             p + "rate_limited",
@@ -92,13 +97,13 @@ class RelayCollector(Collector):
             labels=["scope"],
         )
         for scope in ("account", "sender"):
-            limited.add_metric([scope], self.intake.rate_limited.get(scope, 0))
+            limited.add_metric([scope], intake.rate_limited.get(scope, 0))
         yield limited
         yield CounterMetricFamily(
-            p + "smtp_auth_failures", "Failed SMTP AUTH attempts", self.intake.auth_failures
+            p + "smtp_auth_failures", "Failed SMTP AUTH attempts", intake.auth_failures
         )
         parts = CounterMetricFamily(p + "sms_parts", "SMS parts by result", labels=["result"])
-        parts.add_metric(["queued"], self.intake.parts_queued)
+        parts.add_metric(["queued"], intake.parts_queued)
         parts.add_metric(["submitted"], self.dispatch.submitted)
         parts.add_metric(["delivered"], self.dispatch.delivered)
         parts.add_metric(["undeliverable"], self.dispatch.undeliverable)

@@ -1,12 +1,12 @@
 """The daemon's side of the SMTP worker processes (`smtp.workers` > 1).
 
 The daemon alone is one Python process: its SMTP sessions, parsing and the spool writer share one
-interpreter lock, so on a machine with several cores ingest stops at one core. With `workers = N`
-the daemon binds the SMTP sockets and starts N processes of relay.smtp_worker that accept on them
-(each worker its own sockets on the same address, SO_REUSEPORT: the kernel spreads the
-connections); each runs the SMTP front and asks the daemon's spool over a
-socket pair to store what it accepted. The daemon keeps one spool writer, so the stores of all
-workers are still committed together (group commit) and the SPEC §5 checks see one state.
+interpreter lock, so ingest stops at about one core. With `workers = N` the daemon keeps serving
+SMTP itself and starts N − 1 processes of relay.smtp_worker; each has its own listening sockets
+on the daemon's address (SO_REUSEPORT: the kernel spreads new connections over all N) and runs
+the same SMTP front, asking the daemon's spool over a socket pair to store what it accepted. The
+daemon keeps its one spool writer: the stores of every process are committed together (group
+commit) and the SPEC §5 checks see one state.
 
 A worker that dies is started again (its sessions in progress are cut: their clients retry, as
 after any crash; what was answered `250` is in the spool). Counters for /metrics come from the
@@ -80,12 +80,12 @@ class SmtpWorkers:
         cfg: RelayConfig,
         listeners: Sequence[Sequence[tuple[socket.socket, bool]]],
         *,
-        counters: IntakeCounters,
+        own: IntakeCounters,
         on_stored: Callable[[bool, bool], None],  # (SMS jobs queued, mails queued)
     ) -> None:
         self.spool = spool
         self.cfg = cfg
-        self.intake = counters
+        self.own = own  # the daemon's own SMTP front's counters
         self.on_stored = on_stored
         # one slot per worker, each with its own listening sockets (SO_REUSEPORT)
         self.slots = [_Slot(i, list(socks)) for i, socks in enumerate(listeners)]
@@ -161,7 +161,6 @@ class SmtpWorkers:
                 code = None
             add_counters(self._retired, slot.counters)
             slot.counters = {}
-            self._sum()
             if self._stopping:
                 return
             log.error("SMTP worker %d exited (%s): starting it again", slot.index, code)
@@ -221,15 +220,15 @@ class SmtpWorkers:
             slot.reloaded.set()
         elif name == "counters" and isinstance(payload, dict):
             slot.counters = payload
-            self._sum()
 
-    def _sum(self) -> None:
+    def total(self) -> IntakeCounters:
+        """The daemon's own counters plus every worker's (live, and those that exited)."""
         total = IntakeCounters()
-        add_counters(total, {f.name: getattr(self._retired, f.name) for f in fields(total)})
+        for counters in (self.own, self._retired):
+            add_counters(total, {f.name: getattr(counters, f.name) for f in fields(total)})
         for slot in self.slots:
             add_counters(total, slot.counters)
-        for f in fields(total):  # in place: the metrics collector holds this object
-            setattr(self.intake, f.name, getattr(total, f.name))
+        return total
 
     async def _call(self, method: str, args: tuple[Any, ...]) -> Any:
         spool = self.spool
