@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import io
 import logging
 import pickle
 import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from relay.config import LimitsConfig
 from relay.errors import SpoolError
 
 log = logging.getLogger("relay.smtp.ipc")
@@ -35,8 +38,49 @@ Event = Callable[[str, Any], None]
 
 def frame(message: tuple[Any, ...]) -> bytes:
     """The bytes of one message on the channel."""
-    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    return _LENGTH.pack(len(body)) + body
+    out = io.BytesIO()
+    out.write(b"\0\0\0\0")
+    _Pickler(out, pickle.HIGHEST_PROTOCOL).dump(message)
+    body = out.getbuffer()
+    body[:4] = _LENGTH.pack(len(body) - 4)
+    del body
+    return out.getvalue()
+
+
+# What a stored mail is made of are frozen, slotted dataclasses: pickle's default for them calls
+# dataclasses.fields() per object on both ends (py-spy: most of the channel's cost). Rebuilt here
+# from their field values in order, by their constructor; the config's LimitsConfig (a pydantic
+# model, the same object in every request) travels as its JSON, parsed once per process.
+_FIELDS: dict[type, tuple[str, ...]] = {}
+_LIMITS_OUT: dict[int, tuple[LimitsConfig, str]] = {}
+_LIMITS_IN: dict[str, LimitsConfig] = {}
+
+
+def _limits(data: str) -> LimitsConfig:
+    limits = _LIMITS_IN.get(data)
+    if limits is None:
+        if len(_LIMITS_IN) > 64:  # a config reloaded many times
+            _LIMITS_IN.clear()
+        limits = _LIMITS_IN[data] = LimitsConfig.model_validate_json(data)
+    return limits
+
+
+class _Pickler(pickle.Pickler):
+    def reducer_override(self, obj: Any) -> Any:
+        cls = type(obj)
+        names = _FIELDS.get(cls)
+        if names is None:
+            if cls is LimitsConfig:
+                known = _LIMITS_OUT.get(id(obj))
+                if known is None or known[0] is not obj:
+                    if len(_LIMITS_OUT) > 64:
+                        _LIMITS_OUT.clear()
+                    known = _LIMITS_OUT[id(obj)] = (obj, obj.model_dump_json())
+                return _limits, (known[1],)
+            if not (dataclasses.is_dataclass(cls) and all(f.init for f in dataclasses.fields(cls))):
+                return NotImplemented
+            names = _FIELDS[cls] = tuple(f.name for f in dataclasses.fields(cls))
+        return cls, tuple([getattr(obj, name) for name in names])
 
 
 class ChannelClosed(SpoolError):
