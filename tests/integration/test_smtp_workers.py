@@ -17,6 +17,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from tests.integration.harness import command_mail, send_mail
 from tests.integration.test_operations import PASSWORD, Daemon, daemon, http_get
 
@@ -114,7 +116,10 @@ async def test_stop_ends_every_worker_and_frees_the_port(tmp_path: Path) -> None
         d.relay.signal(signal.SIGTERM)
         assert await asyncio.to_thread(d.relay.wait, 15) == 0
         assert await wait_until(lambda: not any(alive(p) for p in pids))
-        with socket.socket() as s:  # nothing holds the SMTP port any more
+        with pytest.raises(ConnectionRefusedError):  # nothing listens on the SMTP port
+            socket.create_connection(("127.0.0.1", d.smtp_port), timeout=2).close()
+        with socket.socket() as s:  # and a new daemon could bind it (as servers do, with
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT left over)
             s.bind(("127.0.0.1", d.smtp_port))
 
 
