@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
                 with Procs(workdir, args.profile) as procs:
                     if name == "ingest":
                         empty["ingest"] = cases.ingest(s, procs)["reuse"]
+                        # the same with the SMTP front in one process per core (smtp.workers)
+                        cores = max(2, os.cpu_count() or 2)
+                        cases.ingest(s, procs, label=f"ingest.workers{cores}", workers=cores)
                     elif name == "drain":
                         empty["drain"] = cases.drain(s, procs)[10]
                     elif name == "latency":

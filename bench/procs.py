@@ -72,9 +72,15 @@ def child_pids(pid: int) -> list[int]:
     return out
 
 
+def tree_rss_mb(pid: int) -> float:
+    """RSS of a process and its direct children (the relay with its SMTP workers), in MiB."""
+    return rss_mb(pid) + sum(rss_mb(k) for k in child_pids(pid))
+
+
 @dataclass
 class RssSampler:
-    """Samples a process's RSS every `interval` s in a thread; `peak` is the largest seen."""
+    """Samples the RSS of a process and its children every `interval` s in a thread; `peak` is
+    the largest seen."""
 
     pid: int
     interval: float = 0.1
@@ -94,7 +100,7 @@ class RssSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, rss_mb(self.pid))
+            self.peak = max(self.peak, tree_rss_mb(self.pid))
             self._stop.wait(self.interval)
 
 
@@ -187,14 +193,25 @@ class Procs:
         return SmppSink(proc, port, control)
 
     def relay(
-        self, name: str, *, spool: Path, smpp_port: int, **smpp: Any
+        self,
+        name: str,
+        *,
+        spool: Path,
+        smpp_port: int,
+        smtp: dict[str, Any] | None = None,
+        **smpp: Any,
     ) -> tuple[subprocess.Popen[bytes], int]:
         """`python -m relay serve` with replies and metrics off (only SMTP → spool → SMPP)."""
         smtp_port = free_port()
         cfg = write_config(
             self.workdir / f"{name}.toml",
             {
-                "smtp": {"host": "127.0.0.1", "port": smtp_port, "domains": ["sms.test"]},
+                "smtp": {
+                    "host": "127.0.0.1",
+                    "port": smtp_port,
+                    "domains": ["sms.test"],
+                    **(smtp or {}),
+                },
                 "smpp": {
                     "host": "127.0.0.1",
                     "port": smpp_port,
