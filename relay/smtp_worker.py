@@ -6,8 +6,9 @@ AUTH, parsing, validation, SPEC §5's IP check) on its own event loop and its ow
 the spool goes back to the daemon over the channel (relay.smtp_ipc): the daemon's spool writer
 commits the stores of all workers together (group commit) and only then does the worker answer
 `250`. The daemon sends the config at start and again after a SIGHUP; the worker never reads it
-from disk. The worker stops when it gets SIGTERM/SIGINT (after its transactions in progress, like
-the daemon alone) or when the daemon's end of the channel closes.
+from disk. The worker stops when it gets SIGTERM (after its transactions in progress, like the
+daemon alone) or when the daemon's end of the channel closes; SIGINT (Ctrl-C in a terminal
+reaches the whole process group) is left to the daemon.
 """
 
 from __future__ import annotations
@@ -115,8 +116,10 @@ class Worker:
         from relay.app import intake_rules, rate_rules, smtp_hostname, tls_context
 
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        # Ctrl-C in a terminal reaches every process of the group: the daemon decides (it
+        # stops the workers with SIGTERM after it stopped taking connections itself).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the daemon sends the new config
         sock = socket.socket(fileno=self.channel_fd)
         reader, writer = await asyncio.open_unix_connection(sock=sock)

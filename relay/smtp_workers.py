@@ -22,6 +22,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -37,6 +38,7 @@ log = logging.getLogger("relay.smtp.workers")
 READY_SECONDS = 20.0  # a worker that has not said "ready" by then is reported (and waited no more)
 RESTART_MIN, RESTART_MAX = 0.5, 30.0
 STOP_SECONDS = 6.0
+STABLE_SECONDS = 60.0  # a worker that ran this long and exits is restarted at once
 RELOAD_SECONDS = 5.0  # SIGTERM → exit; a worker finishes its transactions in ≤ 3 s
 
 
@@ -154,6 +156,7 @@ class SmtpWorkers:
     async def _supervise(self, slot: _Slot) -> None:
         delay = RESTART_MIN
         while not self._stopping:
+            started = time.monotonic()
             try:
                 code = await self._run_once(slot)
             except OSError as exc:
@@ -161,11 +164,13 @@ class SmtpWorkers:
                 code = None
             add_counters(self._retired, slot.counters)
             slot.counters = {}
+            if time.monotonic() - started > STABLE_SECONDS:
+                delay = RESTART_MIN  # it ran fine for a while: not a crash loop
+            await asyncio.sleep(delay)  # (a stop of the whole daemon may be on its way)
             if self._stopping:
                 return
             log.error("SMTP worker %d exited (%s): starting it again", slot.index, code)
             self.restarts += 1
-            await asyncio.sleep(delay)
             delay = min(delay * 2, RESTART_MAX)
 
     async def _run_once(self, slot: _Slot) -> int | None:
@@ -180,6 +185,8 @@ class SmtpWorkers:
                 str(theirs.fileno()),
                 pass_fds=fds,
                 stdin=asyncio.subprocess.DEVNULL,
+                # systemd's notify socket is the daemon's alone (NotifyAccess=main)
+                env={k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"},
             )
         finally:
             theirs.close()
