@@ -61,6 +61,7 @@ def relay_config(
     password: str = PASSWORD,
     log: dict[str, Any] | None = None,
     smtp: dict[str, Any] | None = None,
+    spool: dict[str, Any] | None = None,
 ) -> Path:
     return write_config(
         tmp / "relay.toml",
@@ -80,7 +81,12 @@ def relay_config(
                 "reconnect_min": 0.1,
                 "reconnect_max": 0.3,
             },
-            "spool": {"url": f"sqlite:///{tmp / 'spool.db'}", "retry_min": 0.2, "retry_max": 1},
+            "spool": {
+                "url": f"sqlite:///{tmp / 'spool.db'}",
+                "retry_min": 0.2,
+                "retry_max": 1,
+                **(spool or {}),
+            },
             "replies": {"smarthost": f"127.0.0.1:{sink_port}", "sender": "relay@sms.test"},
             "metrics": {
                 "enabled": bool(metrics_port),

@@ -21,6 +21,7 @@ import pytest
 
 from tests.integration.harness import command_mail, send_mail
 from tests.integration.test_operations import PASSWORD, Daemon, daemon, http_get
+from tests.postgres import pg_reset, pg_url  # noqa: F401 - pg_url is a fixture
 
 
 def workers_of(d: Daemon) -> list[int]:
@@ -93,8 +94,16 @@ async def test_a_killed_worker_is_replaced_and_no_accepted_mail_is_lost(tmp_path
         assert len(d.smsc.received) == 20  # nothing sent twice
 
 
-async def test_concurrent_sessions_over_the_workers_each_give_one_sms(tmp_path: Path) -> None:
-    async with daemon(tmp_path, smtp={"workers": 2}, metrics=False) as d:
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_concurrent_sessions_over_the_workers_each_give_one_sms(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    spool: dict[str, str] = {}
+    if backend == "postgres":  # the daemon's spool is whatever it is: the workers only ask it
+        url = request.getfixturevalue("pg_url")
+        pg_reset(url)
+        spool = {"url": url}
+    async with daemon(tmp_path, smtp={"workers": 2}, metrics=False, spool=spool) as d:
         texts = [f"concurrent {i}" for i in range(60)]
         # Different numbers: the same text to one number within 60 s is a duplicate (SPEC §5).
         await asyncio.gather(
