@@ -15,11 +15,11 @@ import random
 import secrets
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from email._header_value_parser import get_addr_spec, get_angle_addr
 from email.errors import HeaderParseError
-from typing import Any, AnyStr
+from typing import Any, AnyStr, Protocol
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -41,8 +41,7 @@ from relay.rates import Limits as RateLimits
 from relay.replies import smtp_reject_line
 from relay.routing import AccountRoute, Client, PhoneRoute, Refused, route_recipient
 from relay.smtp_session import LeanSMTP, SessionTables
-from relay.spool import Spool
-from relay.spool.model import NewMail, NewRequest
+from relay.spool.model import NewMail, NewRequest, StoreResult
 
 log = logging.getLogger("relay.smtp")
 
@@ -179,6 +178,17 @@ class ConcatRefs:
         return ref
 
 
+class FrontSpool(Protocol):
+    """The part of relay.spool.Spool the SMTP front uses (an SMTP worker process reaches the
+    daemon's spool for it over a socket pair: relay.smtp_worker.RemoteSpool)."""
+
+    async def ip_blocked(self, client_ip: str, now: float) -> bool: ...
+
+    async def store(self, request: NewRequest) -> StoreResult: ...
+
+    async def store_all(self, requests: Sequence[NewRequest]) -> list[StoreResult]: ...
+
+
 class CommandMailHandler:
     """aiosmtpd handler for all routes of SPEC §1: `send@`, `<login>@`, `<phone>@`."""
 
@@ -187,7 +197,7 @@ class CommandMailHandler:
         *,
         domains: list[str],
         rules: IntakeRules,
-        spool: Spool,
+        spool: FrontSpool,
         reject_invalid: bool,
         max_recipients: int,
         on_stored: Callable[[list[Outcome]], None],

@@ -143,7 +143,7 @@ class Worker:
         self.handler = CommandMailHandler(
             domains=cfg.smtp.domains,
             rules=intake_rules(cfg),
-            spool=self.spool,  # type: ignore[arg-type]  # the part of Spool the front uses
+            spool=self.spool,
             reject_invalid=cfg.smtp.reject_invalid,
             max_recipients=cfg.smtp.max_recipients,
             on_stored=lambda _: None,  # the daemon wakes its dispatcher when it stores
