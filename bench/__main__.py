@@ -81,9 +81,10 @@ def main(argv: list[str] | None = None) -> int:
                 with Procs(workdir, args.profile) as procs:
                     if name == "ingest":
                         empty["ingest"] = cases.ingest(s, procs)["reuse"]
-                        # the same with the SMTP front in one process per core (smtp.workers)
-                        cores = max(2, os.cpu_count() or 2)
-                        cases.ingest(s, procs, label=f"ingest.workers{cores}", workers=cores)
+                        # the same with the SMTP front in worker processes (smtp.workers): one
+                        # (SMTP on one core, the spool on another) and one per core
+                        for n in sorted({1, os.cpu_count() or 1}):
+                            cases.ingest(s, procs, label=f"ingest.workers{n}", workers=n)
                     elif name == "drain":
                         empty["drain"] = cases.drain(s, procs)[10]
                     elif name == "latency":

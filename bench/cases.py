@@ -241,10 +241,10 @@ def ingest(
     label: str = "ingest",
     modes: tuple[str, ...] = ("reuse", "new"),
     rounds: int | None = None,
-    workers: int = 1,
+    workers: int = 0,
 ) -> dict[str, float]:
     """Mails/s accepted by the relay vs a bare aiosmtpd sink, same load generator; with
-    `workers` > 1 the relay runs `smtp.workers = workers` (SMTP in that many processes)."""
+    `workers` > 0 the relay runs `smtp.workers = workers` (SMTP in that many processes)."""
     rounds = rounds or s.pick(1, 3)
     sessions, count = 20, s.pick(400, 4000)
     exe = None if s.use_python_load else load.smtp_source_path()
@@ -266,7 +266,7 @@ def ingest(
     sink, sink_port = procs.smtp_sink()
     time.sleep(0.5)
     idle = tree_rss_mb(relay.pid)
-    warm_up(relay_port, 1 if workers == 1 else 12 * workers)
+    warm_up(relay_port, 1 if workers <= 1 else 12 * workers)
     rates: dict[str, float] = {}
     log = s.workdir / f"{label}.log"
 
@@ -275,7 +275,7 @@ def ingest(
         before = accepted_in_log(log)
         pid = relay.pid if target == "relay" else sink.pid
         threads = thread_cpu(pid)
-        kids = child_pids(pid)  # the relay's SMTP worker processes (smtp.workers > 1)
+        kids = child_pids(pid)  # the relay's SMTP worker processes (smtp.workers > 0)
         kids_before = {k: cpu_seconds(k) for k in kids}
         cpu_before = cpu_seconds(pid)
         if exe is not None:
@@ -359,8 +359,8 @@ def ingest(
         f"INFO {label}.rss: idle {idle:.1f} MB, peak under load {rss.peak:.1f} MB "
         + (
             "(goals: idle <= 60 MB, peak <= 150 MB)"
-            if workers == 1
-            else f"(the daemon and {workers - 1} SMTP worker process(es), summed)"
+            if workers == 0
+            else f"(the daemon and {workers} SMTP worker process(es), summed)"
         )
     )
     rates["idle_rss"], rates["peak_rss"] = idle, rss.peak

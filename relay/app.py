@@ -157,8 +157,7 @@ class Relay:
     metrics_port: int = 0
     redactor: Redactor | None = None  # the log filter masking secrets; updated on SIGHUP
     tls: ssl.SSLContext | None = None  # the context aiosmtpd holds (reloaded in place)
-    workers: SmtpWorkers | None = None  # smtp.workers > 1: the other processes that run SMTP
-    smtps_port: int = 0
+    workers: SmtpWorkers | None = None  # smtp.workers > 0: the processes that run SMTP
     _extra_servers: list[asyncio.Server] = field(default_factory=list)
 
     def request_stop(self) -> None:
@@ -173,7 +172,7 @@ class Relay:
         notify.reloading()
         settling: asyncio.Task[None] | None = None
         try:
-            if self.config_path is None or self.handler is None:
+            if self.config_path is None or (self.handler is None and self.workers is None):
                 log.info("SIGHUP: no config file to reload")
                 return
             try:
@@ -318,9 +317,10 @@ class Relay:
                     await shares.beat()  # this node's share before its first submit
 
             self.tls = tls_context(cfg)
-            server = await self._serve_smtp(spool, cfg, loop, stored)
-            if cfg.smtp.workers > 1:
-                await self._start_workers(spool, cfg, stored)
+            if cfg.smtp.workers:
+                server = await self._start_workers(spool, cfg, stored)
+            else:
+                server = await self._serve_smtp(spool, cfg, loop, stored)
             http: asyncio.Server | None = None
             if cfg.metrics.enabled:
                 registry = CollectorRegistry()
@@ -357,8 +357,9 @@ class Relay:
                         "binds": binds,
                         "virtual_smsc": simulator is not None,
                     }
-                    if self.workers is not None:  # the daemon's own SMTP front serves too
+                    if self.workers is not None:  # none alive: no mail can come in
                         detail["smtp_workers"] = self.workers.alive
+                        detail["ok"] = ok = ok and self.workers.alive > 0
                     if spool_error:
                         detail["spool_error"] = spool_error
                     return ok, detail
@@ -432,9 +433,7 @@ class Relay:
         loop: asyncio.AbstractEventLoop,
         stored: Callable[[bool, bool], None],
     ) -> asyncio.Server:
-        """The SMTP front in this process (with `smtp.workers` > 1, on SO_REUSEPORT sockets that
-        the worker processes' sockets share the address with)."""
-        reuse_port = True if cfg.smtp.workers > 1 else None
+        """The SMTP front in this process (`smtp.workers = 0`)."""
         self.handler = CommandMailHandler(
             domains=cfg.smtp.domains,
             rules=intake_rules(cfg),
@@ -456,38 +455,36 @@ class Relay:
             loop=loop,
             auth_plain_loopback=cfg.smtp.auth_plain_loopback,
         )
-        server = await loop.create_server(
-            factory, host=cfg.smtp.host, port=cfg.smtp.port, reuse_port=reuse_port
-        )
+        server = await loop.create_server(factory, host=cfg.smtp.host, port=cfg.smtp.port)
         if cfg.smtp.tls_port and tls is not None:
             # Implicit TLS (RFC 8314): the same sessions, encrypted from the first byte.
             smtps = await loop.create_server(
-                factory, host=cfg.smtp.host, port=cfg.smtp.tls_port, ssl=tls, reuse_port=reuse_port
+                factory, host=cfg.smtp.host, port=cfg.smtp.tls_port, ssl=tls
             )
             self._extra_servers.append(smtps)
-            self.smtps_port = smtps.sockets[0].getsockname()[1]
         self.smtp_port = server.sockets[0].getsockname()[1]
         return server
 
     async def _start_workers(
         self, spool: Spool, cfg: RelayConfig, stored: Callable[[bool, bool], None]
-    ) -> None:
-        """`smtp.workers` = N > 1: N − 1 more processes accept SMTP (relay.smtp_workers).
+    ) -> asyncio.Server:
+        """`smtp.workers` = N: N processes accept SMTP (relay.smtp_workers), this one spools.
 
-        Each gets its own listening sockets, bound here to the daemon's address with
-        SO_REUSEPORT: the kernel spreads new connections over all of them (one shared socket
-        would let the process that wakes first accept a whole burst: asyncio accepts up to its
-        backlog per wakeup). The servers created here are bound only and never serve in this
-        process; the workers accept on listening copies of their sockets."""
+        Each worker gets its own listening sockets, bound here to the SMTP address with
+        SO_REUSEPORT: the kernel spreads new connections over them (one shared socket would let
+        the process that wakes first accept a whole burst: asyncio accepts up to its backlog per
+        wakeup). The servers created here are bound only and never serve in this process (the
+        first one is returned, for the stop); the workers accept on listening copies."""
         loop = asyncio.get_running_loop()
 
         def refuse() -> asyncio.Protocol:
-            raise RuntimeError("the SMTP workers accept these connections, not the daemon")
+            raise RuntimeError("the SMTP workers accept connections, not the daemon")
 
-        ports = {False: self.smtp_port, True: self.smtps_port}
-        wanted = [False, True] if self.smtps_port else [False]
+        ports = {False: cfg.smtp.port, True: cfg.smtp.tls_port}
+        wanted = [False, True] if cfg.smtp.tls_port and self.tls is not None else [False]
         per_worker: list[list[tuple[socket.socket, bool]]] = []
-        for _ in range(cfg.smtp.workers - 1):
+        servers: list[asyncio.Server] = []
+        for _ in range(cfg.smtp.workers):
             listeners: list[tuple[socket.socket, bool]] = []
             for implicit_tls in wanted:
                 bound = await loop.create_server(
@@ -497,11 +494,16 @@ class Relay:
                     reuse_port=True,
                     start_serving=False,
                 )
-                self._extra_servers.append(bound)
+                servers.append(bound)
                 listeners += [(listening_copy(s), implicit_tls) for s in bound.sockets]
+                # port 0: the next workers bind the port the first one got
+                ports[implicit_tls] = listeners[-1][0].getsockname()[1]
             per_worker.append(listeners)
+        self._extra_servers += servers[1:]
+        self.smtp_port = per_worker[0][0][0].getsockname()[1]
         self.workers = SmtpWorkers(spool, cfg, per_worker, own=self.intake, on_stored=stored)
         await self.workers.start()
+        return servers[0]
 
     async def _watchdog(self, interval: float) -> None:
         """systemd WatchdogSec: ping at half the interval while the loop is alive."""
@@ -512,13 +514,9 @@ class Relay:
 
     async def _drain_smtp(self, server: asyncio.Server) -> None:
         """Let SMTP transactions in progress finish (bounded), then close the rest."""
-        assert self.handler is not None
         if self.workers is not None:  # each worker does the same as below, then exits
-            await asyncio.gather(self.workers.stop(), self._drain_own_smtp(server))
-        else:
-            await self._drain_own_smtp(server)
-
-    async def _drain_own_smtp(self, server: asyncio.Server) -> None:
+            await self.workers.stop()
+            return
         assert self.handler is not None
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.handler.drain(), SMTP_DRAIN_SECONDS)

@@ -52,10 +52,11 @@ class SmtpConfig(_Section):
     # forwarded to this address through replies.smarthost; "postmaster" alone is the
     # smarthost's own postmaster. Empty: refused with 550.
     postmaster: str = "postmaster"
-    # SMTP worker processes: 1 = the sessions run in the daemon's own process; N > 1 = N
-    # processes accept on the same sockets and hand what they accept to the daemon's spool
-    # (ingest then uses more than one core; relay.smtp_workers). Up to the number of cores.
-    workers: int = Field(1, ge=1, le=64)
+    # SMTP worker processes: 0 = the SMTP sessions run in the daemon's own process; N >= 1 = N
+    # processes accept on the SMTP port (SO_REUSEPORT) and hand what they accept to the daemon's
+    # spool, which then does no SMTP itself (ingest and the rest on separate cores;
+    # relay.smtp_workers).
+    workers: int = Field(0, ge=0, le=64)
 
     @field_validator("domains")
     @classmethod

@@ -1,12 +1,13 @@
-"""The daemon's side of the SMTP worker processes (`smtp.workers` > 1).
+"""The daemon's side of the SMTP worker processes (`smtp.workers` = N > 0).
 
 The daemon alone is one Python process: its SMTP sessions, parsing and the spool writer share one
-interpreter lock, so ingest stops at about one core. With `workers = N` the daemon keeps serving
-SMTP itself and starts N − 1 processes of relay.smtp_worker; each has its own listening sockets
-on the daemon's address (SO_REUSEPORT: the kernel spreads new connections over all N) and runs
-the same SMTP front, asking the daemon's spool over a socket pair to store what it accepted. The
-daemon keeps its one spool writer: the stores of every process are committed together (group
-commit) and the SPEC §5 checks see one state.
+interpreter lock, so ingest stops at about one core. With `workers = N` the daemon binds the SMTP
+address N times with SO_REUSEPORT and starts N processes of relay.smtp_worker, one per set of
+sockets (the kernel spreads new connections over them); each runs the SMTP front and asks the
+daemon's spool over a socket pair to store what it accepted, while the daemon itself does no SMTP:
+it spools, submits over SMPP, mails replies. Its one spool writer commits the stores of every
+worker together (group commit) and the SPEC §5 checks see one state. On two cores one worker is
+the fastest split (SMTP on one core, the rest on the other: bench/RESULTS.md).
 
 A worker that dies is started again (its sessions in progress are cut: their clients retry, as
 after any crash; what was answered `250` is in the spool). Counters for /metrics come from the
@@ -82,7 +83,7 @@ class SmtpWorkers:
         cfg: RelayConfig,
         listeners: Sequence[Sequence[tuple[socket.socket, bool]]],
         *,
-        own: IntakeCounters,
+        own: IntakeCounters,  # this process's own (none with workers; kept for the sum)
         on_stored: Callable[[bool, bool], None],  # (SMS jobs queued, mails queued)
     ) -> None:
         self.spool = spool

@@ -129,7 +129,7 @@ async def stop_stack(stack: Stack) -> None:
 
 # Each test runs against the daemon alone and with its SMTP front in two worker processes
 # (smtp.workers = 2: AUTH, STARTTLS, implicit TLS and the argon2 thread there).
-@pytest.fixture(params=[1, 2], ids=["in-process", "2-workers"])
+@pytest.fixture(params=[0, 2], ids=["in-process", "2-workers"])
 async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
     s = await start_stack(tmp_path, smtp={"workers": request.param})
     try:

@@ -260,7 +260,7 @@ async def wait_metrics(
         await asyncio.sleep(0.1)
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("workers", [0, 2])
 async def test_metrics_exact_values_after_a_scripted_run(tmp_path: Path, workers: int) -> None:
     async with daemon(tmp_path, smtp={"workers": workers}) as d:
         await send(d.smtp_port, f"alex:{PASSWORD}::::79161234567:one")
@@ -368,7 +368,7 @@ async def test_sd_notify_ready_then_stopping_on_sigterm(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- SIGHUP
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("workers", [0, 2])
 async def test_sighup_reloads_passwords_keeps_connections_and_refuses_bad_config(
     tmp_path: Path, workers: int
 ) -> None:
@@ -469,7 +469,7 @@ def _starttls(port: int) -> tuple[smtplib.SMTP, bytes]:
     return client, der
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("workers", [0, 2])
 async def test_sighup_reloads_the_tls_certificate_in_place(tmp_path: Path, workers: int) -> None:
     certs = tmp_path / "certs"
     certs.mkdir()
