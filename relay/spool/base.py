@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from relay.spool.model import (
@@ -98,11 +98,12 @@ class Spool(Protocol):
         """The upstream accepted the job; apply a receipt that came before; return the state."""
         ...
 
-    async def mark_submitted_many(
+    def mark_submitted_many(
         self, submitted: Sequence[Submitted], now: float
-    ) -> list[JobState]:
+    ) -> Awaitable[list[JobState]]:
         """`mark_submitted` of each, in one transaction (one commit for a round of responses);
-        the states in the same order."""
+        the states in the same order. (An `async def`, or a plain one whose work is under way
+        when it returns, as SQLite's: the dispatcher starts a round without a task.)"""
         ...
 
     async def release(self, job_ids: Sequence[int]) -> None:

@@ -1,11 +1,11 @@
 """The embedded spool: SQLite in WAL mode with synchronous=FULL and group commit (SPEC §8).
 
-One thread owns the connection. Callers queue operations; the thread runs every operation that
-is waiting in one transaction, commits once, and only then resolves the callers' futures (if an
-operation raises, the batch is undone and run again one transaction per operation, so one failure
-does not undo the others). Under concurrent load this
-turns N fsyncs into one, which is how the SMTP front can answer `250` only after a durable commit
-and still keep up (the Mailman/Postfix discipline: commit before acknowledging).
+One thread owns the connection (but see inline progress commits below). Callers queue
+operations; the thread runs every operation that is waiting in one transaction, commits once,
+and only then resolves the callers' futures (if an operation raises, the batch is undone and run
+again one transaction per operation, so one failure does not undo the others). Under concurrent
+load this turns N fsyncs into one, which is how the SMTP front can answer `250` only after a
+durable commit and still keep up (the Mailman/Postfix discipline: commit before acknowledging).
 
 Progress commits (issue 9): a batch made only of `claim` and `mark_submitted_many` ops commits
 with synchronous=NORMAL when `progress_fsync` > 0: SQLite writes its WAL frames (so a SIGKILL
@@ -16,6 +16,12 @@ seconds old: the next batch commits FULL, or, when none comes, an fsync of the W
 (sqlite3 has no call for "sync the WAL now" outside a commit or a checkpoint). Any FULL commit
 (a `store()` before its `250`) syncs every frame before it, since the WAL is appended in order;
 a power loss can only undo a tail of progress commits, whose jobs are then sent again.
+
+Inline progress commits (issue 9): `mark_submitted_many` runs on the event loop itself, under
+the connection's lock, when the writer thread is idle, nothing is queued and the commit is not
+due for an fsync (`_progress`); otherwise it is queued like any op. The dispatcher's window
+waits for that commit, and through the writer it also waited for two thread hops (wake the
+writer, the GIL, then the loop's self-pipe) about as long as the commit itself.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -72,6 +78,13 @@ _Op = Callable[[sqlite3.Connection], Any]
 # An operation, its caller's future, and whether its commit must be fsynced before the future
 # is resolved (False: a progress commit, see the module docstring).
 _Item = tuple[_Op, "asyncio.Future[Any]", bool]
+
+
+class _Wake:
+    """Queued to wake the writer thread only (an inline commit gave it an fsync deadline)."""
+
+
+_WAKE = _Wake()
 
 # 2: the SPEC §5 protection tables; 3: notices, callbacks; 4: mails_state, callbacks_state
 # (each added in place by CREATE … IF NOT EXISTS at open); 5: notices.not_before (_upgrade)
@@ -280,7 +293,11 @@ class SqliteSpool:
 
     def __init__(self, path: str | Path, *, progress_fsync: float = DEFAULT_PROGRESS_FSYNC) -> None:
         self._path = str(path)
-        self._ops: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._ops: queue.SimpleQueue[_Item | _Wake | None] = queue.SimpleQueue()
+        # The writer's connection, and who uses it: the writer thread for each batch, or the
+        # event loop for a progress commit run inline (`_progress`) while the writer is idle.
+        self._conn: sqlite3.Connection | None = None
+        self._conn_lock = threading.Lock()
         self._progress_fsync = progress_fsync
         self._unsynced_since: float | None = None  # monotonic time of the oldest unsynced commit
         self._synchronous = "FULL"  # the writer connection's current PRAGMA synchronous
@@ -376,12 +393,15 @@ class SqliteSpool:
         except Exception as exc:  # report to open() instead of dying silently
             self._resolve(ready, None, SpoolError(f"cannot open spool {self._path}: {exc}"))
             return
+        self._conn = conn
         self._resolve(ready, None, None)
         try:
             while True:
                 item = self._next_item(conn)
                 if item is None:
                     break
+                if isinstance(item, _Wake):
+                    continue
                 batch = [item]
                 stop = False
                 while len(batch) < _BATCH_MAX:
@@ -392,14 +412,18 @@ class SqliteSpool:
                     if nxt is None:
                         stop = True
                         break
-                    batch.append(nxt)
-                self._run_batch(conn, batch)
+                    if not isinstance(nxt, _Wake):
+                        batch.append(nxt)
+                with self._conn_lock:
+                    self._run_batch(conn, batch)
                 if stop:
                     break
         finally:
-            conn.close()
+            with self._conn_lock:
+                self._conn = None
+                conn.close()
 
-    def _next_item(self, conn: sqlite3.Connection) -> _Item | None:
+    def _next_item(self, conn: sqlite3.Connection) -> _Item | _Wake | None:
         """The next queued operation; while a progress commit is unsynced, wait only until its
         deadline and then fsync the WAL (nothing else would, until the next FULL commit)."""
         while self._unsynced_since is not None:
@@ -407,7 +431,8 @@ class SqliteSpool:
             try:
                 return self._ops.get(timeout=wait) if wait > 0 else self._ops.get_nowait()
             except queue.Empty:
-                self._fsync_wal()
+                with self._conn_lock:  # not between an inline commit and its deadline's start
+                    self._fsync_wal()
         return self._ops.get()
 
     def _fsync_wal(self) -> None:
@@ -530,6 +555,44 @@ class SqliteSpool:
             self._writer_state.blocks_written = False
             self._blocks_version += 1
 
+    def _progress(self, op: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Run a progress op (`durable=False`), inline on the event loop when the writer is
+        idle, its queue empty and the commit would not be fsynced; else `_queue` it.
+
+        Issue 9: at window 10 the dispatcher's round waits for its commit (≈0.2 ms of SQLite,
+        no I/O wait: the WAL frames go to the page cache) and, through the writer thread, for
+        two thread hops as long again (queue → writer wake-up → GIL → commit → call_soon_
+        threadsafe → the loop's self-pipe wake-up). Inline, the loop holds the connection
+        while SQLite works (the GIL is released meanwhile); the writer would be idle anyway.
+        An op of another caller queued meanwhile waits for the lock, as it would behind a
+        batch. An fsync (the deadline passed) stays on the writer."""
+        conn = self._conn
+        if (
+            conn is None
+            or self._loop is None
+            or self._progress_fsync <= 0
+            or not self._ops.empty()
+            or not self._conn_lock.acquire(blocking=False)
+        ):
+            return self._queue(op, durable=False)
+        try:
+            since = self._unsynced_since
+            if self._conn is None or (
+                since is not None and time.monotonic() - since >= self._progress_fsync
+            ):
+                return self._queue(op, durable=False)
+            fut: asyncio.Future[T] = self._loop.create_future()
+            [(_, value, error)] = self._run_alone(conn, (op, fut, False))
+        finally:
+            self._conn_lock.release()
+        if since is None and self._unsynced_since is not None:
+            self._ops.put(_WAKE)  # the writer sleeps without a deadline: it has one now
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(value)
+        return fut
+
     def _resolve_all(
         self, results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
     ) -> None:
@@ -566,11 +629,19 @@ class SqliteSpool:
 
     async def _do(self, op: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
         """Run `op` in the writer's next transaction; `durable=False`: a progress commit."""
+        return await self._queue(op, durable=durable)
+
+    def _queue(
+        self, op: Callable[[sqlite3.Connection], T], *, durable: bool = True
+    ) -> asyncio.Future[T]:
+        """Queue `op` for the writer now (not at the caller's next await); its future."""
         if self._thread is None or self._loop is None:
-            raise SpoolError("spool is not open")
-        fut: asyncio.Future[T] = self._loop.create_future()
+            fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+            fut.set_exception(SpoolError("spool is not open"))
+            return fut
+        fut = self._loop.create_future()
         self._ops.put((op, fut, durable))
-        return await fut
+        return fut
 
     # -- requests --------------------------------------------------------------------------
 
@@ -686,9 +757,11 @@ class SqliteSpool:
         [state] = await self.mark_submitted_many([Submitted(job_id, upstream_id, keys)], now)
         return state
 
-    async def mark_submitted_many(
+    def mark_submitted_many(
         self, submitted: Sequence[Submitted], now: float
-    ) -> list[JobState]:
+    ) -> Awaitable[list[JobState]]:
+        """Queued for the writer at the call (the dispatcher's rounds start from a read
+        callback, without a task to wake first); await the result."""
         items = list(submitted)
 
         def op(conn: sqlite3.Connection) -> list[JobState]:
@@ -712,7 +785,11 @@ class SqliteSpool:
             return states
 
         # Lost (power loss only): the jobs stay `sending` and are sent again after a restart.
-        return await self._do(op, durable=False) if items else []
+        if not items:
+            done: asyncio.Future[list[JobState]] = asyncio.get_running_loop().create_future()
+            done.set_result([])
+            return done
+        return self._progress(op)
 
     async def release(self, job_ids: Sequence[int]) -> None:
         ids = list(job_ids)

@@ -283,6 +283,43 @@ async def test_progress_fsync_zero_fsyncs_every_commit(tmp_path: Path) -> None:
         await spool.close()
 
 
+async def test_mark_submitted_many_commits_inline_when_the_writer_is_idle(
+    tmp_path: Path,
+) -> None:
+    """Issue 9: a round's commit runs on the event loop (no thread hops) when the writer is
+    idle; the result is there when the call returns, and the writer still fsyncs the WAL
+    by the deadline that inline commit started."""
+    spool = SqliteSpool(tmp_path / "s.db", progress_fsync=0.05)
+    await spool.open()
+    try:
+        await spool.store(_request("k", 2))
+        jobs = await spool.claim(10, now=200.0)
+        await asyncio.sleep(0.3)  # the claim's deadline passes: fsynced, the writer sleeps
+        assert spool._unsynced_since is None
+        fsyncs = spool.wal_fsyncs
+        pending = spool.mark_submitted_many(
+            [Submitted(j.id, f"m{j.id}", (f"m{j.id}",)) for j in jobs], 201.0
+        )
+        assert isinstance(pending, asyncio.Future) and pending.done()  # committed inline
+        assert await pending == [JobState.SUBMITTED, JobState.SUBMITTED]
+        assert spool.commits_deferred == 2
+        await asyncio.sleep(0.3)  # woken by the inline commit, the writer fsyncs the WAL
+        assert spool.wal_fsyncs == fsyncs + 1
+        assert (await spool.counts())["submitted"] == 2
+        # Not inline while the writer holds the connection: queued for the writer instead.
+        await spool.store(_request("k2"))
+        [job] = await spool.claim(10, now=300.0)
+        spool._conn_lock.acquire()  # as the writer does for a batch
+        try:
+            queued = spool.mark_submitted_many([Submitted(job.id, "q", ("q",))], 301.0)
+            assert isinstance(queued, asyncio.Future) and not queued.done()
+        finally:
+            spool._conn_lock.release()
+        assert await queued == [JobState.SUBMITTED]
+    finally:
+        await spool.close()
+
+
 async def test_unsynced_progress_is_fsynced_within_the_deadline(tmp_path: Path) -> None:
     spool = SqliteSpool(tmp_path / "s.db", progress_fsync=0.05)
     await spool.open()
