@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         root.mkdir(parents=True, exist_ok=True)
         say(f"MACHINE {machine()}")
         say(f"MODE {'smoke' if args.smoke else 'full'}; spool on {filesystem(root)} at {root}")
-        empty: dict[str, float] = {}
+        empty: dict[str, tuple[float, float]] = {}  # empty-spool (rate, ratio to baseline)
         for name in names:
             workdir = root / name
             workdir.mkdir(exist_ok=True)
@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 with Procs(workdir, args.profile) as procs:
                     if name == "ingest":
-                        empty["ingest"] = cases.ingest(s, procs)["reuse"]
+                        got = cases.ingest(s, procs)
+                        empty["ingest"] = (got["reuse"], got["reuse_ratio"])
                         # the same with the SMTP front in worker processes (smtp.workers): one
                         # (SMTP on one core, the spool on another) and one per core
                         for n in sorted({1, os.cpu_count() or 1}):
