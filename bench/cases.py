@@ -278,29 +278,16 @@ def ingest(
         kids = child_pids(pid)  # the relay's SMTP worker processes (smtp.workers > 0)
         kids_before = {k: cpu_seconds(k) for k in kids}
         cpu_before = cpu_seconds(pid)
-        if exe is not None:
-            elapsed = load.run_smtp_source(
-                exe,
-                port,
-                sessions=sessions,
-                count=count,
-                reuse=reuse,
-                mail_file=mail_file,
-                timeout=120,
-            )
-            ok = count
-        else:
-            res = asyncio.run(
-                load.drive(
-                    port,
-                    sessions=sessions,
-                    count=count,
-                    reuse=reuse,
-                    make_mail=lambda i: data,
-                    time_limit=120,
-                )
-            )
-            elapsed, ok = res.elapsed, res.accepted
+        elapsed, ok, _ = load.send(
+            exe,
+            port,
+            sessions=sessions,
+            count=count,
+            reuse=reuse,
+            mail=data,
+            mail_file=mail_file,
+            timeout=120,
+        )
         if target == "relay":
             time.sleep(0.2)
             ok = accepted_in_log(log) - before
@@ -386,10 +373,10 @@ def drain(
     count = s.pick(1500, 20000)  # with a backlog too: the same count as its baseline
     sink = procs.smpp_sink()
     rates: dict[int, tuple[float, float]] = {}
-    # Relay and raw loop alternate, `rounds` pairs on a fresh spool each, the median pair
-    # reported (this VM's speed drifts by tens of per cent within a minute). On a given spool
-    # (the scale case's 1 M backlog) one pair.
-    rounds = 1 if spool is not None else s.pick(1, 3)
+    # Relay and raw loop alternate, `rounds` pairs, the median pair reported (this VM's speed
+    # drifts by tens of per cent within a minute): each round on a fresh spool, or on the given
+    # one (the scale case's 1 M backlog: each round drains the next `count` jobs of it).
+    rounds = s.pick(1, 3)
     for window in windows:
         pairs: list[tuple[float, float, float, float]] = []
         for r in range(rounds):
@@ -781,29 +768,18 @@ def _relay_e2e(s: Settings, procs: Procs, sink: SmppSink, count: int) -> tuple[f
     sink.ask("reset")
     cpu = cpu_seconds(relay.pid)
     started = time.monotonic()
-    if exe is not None:
-        load.run_smtp_source(
-            exe,
-            relay_port,
-            sessions=sessions,
-            count=count,
-            reuse=True,
-            mail_file=mail_file,
-            timeout=s.pick(30, 120),
-        )
-    else:
-        res = asyncio.run(
-            load.drive(
-                relay_port,
-                sessions=sessions,
-                count=count,
-                reuse=True,
-                make_mail=lambda i: data,
-                time_limit=s.pick(30, 120),
-            )
-        )
-        if res.accepted != count:
-            raise RuntimeError(f"relay accepted {res.accepted} of {count} mails: {res.other}")
+    _, accepted, other = load.send(
+        exe,
+        relay_port,
+        sessions=sessions,
+        count=count,
+        reuse=True,
+        mail=data,
+        mail_file=mail_file,
+        timeout=s.pick(30, 120),
+    )
+    if accepted != count:
+        raise RuntimeError(f"relay accepted {accepted} of {count} mails: {other}")
     smtp_elapsed = time.monotonic() - started
     st = sink.wait_count(count, timeout=s.pick(10, 60))
     cpu = cpu_seconds(relay.pid) - cpu

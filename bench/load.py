@@ -170,3 +170,40 @@ async def drive(
         await asyncio.gather(*(session() for _ in range(sessions)))
     result.elapsed = loop.time() - started
     return result
+
+
+def send(
+    exe: str | None,
+    port: int,
+    *,
+    sessions: int,
+    count: int,
+    reuse: bool,
+    mail: bytes,
+    mail_file: Path,
+    timeout: float,
+) -> tuple[float, int, dict[str, int]]:
+    """`count` copies of `mail` by smtp-source (`exe`), or by `drive` when it is None: the wall
+    seconds, the mails answered `250` (smtp-source fails as a whole instead) and other answers."""
+    if exe is not None:
+        elapsed = run_smtp_source(
+            exe,
+            port,
+            sessions=sessions,
+            count=count,
+            reuse=reuse,
+            mail_file=mail_file,
+            timeout=timeout,
+        )
+        return elapsed, count, {}
+    res = asyncio.run(
+        drive(
+            port,
+            sessions=sessions,
+            count=count,
+            reuse=reuse,
+            make_mail=lambda i: mail,
+            time_limit=timeout,
+        )
+    )
+    return res.elapsed, res.accepted, res.other
