@@ -332,6 +332,7 @@ class Relay:
                     callbacks=self.callbacks,
                     notices=self.notices,
                     pruned=self.pruned,
+                    workers=self.workers,
                 )
                 registry.register(collector)
 

@@ -51,6 +51,15 @@ class BindView(Protocol):
     def reconnects(self) -> int: ...
 
 
+class WorkerView(Protocol):
+    """What the metrics read of relay.smtp_workers.SmtpWorkers."""
+
+    @property
+    def alive(self) -> int: ...
+
+    restarts: int
+
+
 class RelayCollector(Collector):
     """Reads the relay's counters and the spool depth when Prometheus scrapes."""
 
@@ -64,7 +73,9 @@ class RelayCollector(Collector):
         callbacks: CallbackCounters | None = None,
         notices: NoticeCounters | None = None,
         pruned: PruneCounters | None = None,
+        workers: WorkerView | None = None,
     ) -> None:
+        self.workers = workers  # smtp.workers > 0: the SMTP worker processes
         self.pruned = pruned or PruneCounters()
         self.callbacks = callbacks or CallbackCounters()
         self.notices = notices or NoticeCounters()
@@ -102,6 +113,15 @@ class RelayCollector(Collector):
         yield CounterMetricFamily(
             p + "smtp_auth_failures", "Failed SMTP AUTH attempts", intake.auth_failures
         )
+        if self.workers is not None:
+            yield GaugeMetricFamily(
+                p + "smtp_workers", "SMTP worker processes running", self.workers.alive
+            )
+            yield CounterMetricFamily(
+                p + "smtp_worker_restarts",
+                "SMTP worker processes started again after they exited",
+                self.workers.restarts,
+            )
         parts = CounterMetricFamily(p + "sms_parts", "SMS parts by result", labels=["result"])
         parts.add_metric(["queued"], intake.parts_queued)
         parts.add_metric(["submitted"], self.dispatch.submitted)

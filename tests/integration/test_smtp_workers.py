@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.harness import command_mail, send_mail
-from tests.integration.test_operations import PASSWORD, Daemon, daemon, http_get
+from tests.integration.test_operations import PASSWORD, Daemon, daemon, http_get, scrape
 from tests.postgres import pg_reset, pg_url  # noqa: F401 - pg_url is a fixture
 
 
@@ -90,6 +90,17 @@ async def test_a_killed_worker_is_replaced_and_no_accepted_mail_is_lost(tmp_path
         status, body = await asyncio.to_thread(http_get, d.metrics_port, "/healthz")
         assert status == 200
         assert json.loads(body)["smtp_workers"] == 2
+        # Workers report their counters twice a second; the killed one's last report may be
+        # missing, never the live ones' (16 sessions after the kill, summed over the workers).
+        deadline = time.monotonic() + 5
+        while True:
+            got = await asyncio.to_thread(scrape, d.metrics_port)
+            if got["sms_relay_smtp_sessions_total{}"] >= 16 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        assert got["sms_relay_smtp_sessions_total{}"] >= 16
+        assert got["sms_relay_smtp_workers{}"] == 2
+        assert got["sms_relay_smtp_worker_restarts_total{}"] == 1
         await asyncio.sleep(0.3)
         assert len(d.smsc.received) == 20  # nothing sent twice
 
