@@ -34,7 +34,13 @@ from relay.rates import Limits, RateRules
 from relay.smpp.link import UpstreamLink
 from relay.smpp.simulator import SmscSimulator
 from relay.sms.model import SmsProfile
-from relay.smtp_front import CommandMailHandler, IntakeCounters, smtp_factory
+from relay.smtp_front import (
+    CommandMailHandler,
+    FrontSpool,
+    IntakeCounters,
+    RelaySMTP,
+    smtp_factory,
+)
 from relay.smtp_workers import SmtpWorkers, listening_copy
 from relay.spool import SharedSpool, Spool, spool_for_config
 from relay.throughput import ThroughputShare
@@ -103,6 +109,40 @@ def queued_work(outcomes: list[Outcome]) -> tuple[bool, bool]:
         return False, True
     jobs = any(o.accepted and o.request.jobs for o in outcomes)
     return jobs, any(o.request.mails for o in outcomes)
+
+
+def smtp_front(
+    cfg: RelayConfig,
+    *,
+    spool: FrontSpool,
+    on_stored: Callable[[list[Outcome]], None],
+    counters: IntakeCounters,
+    tls: ssl.SSLContext | None,
+    loop: asyncio.AbstractEventLoop,
+) -> tuple[CommandMailHandler, Callable[[], RelaySMTP]]:
+    """The SMTP front of the config: its handler and the protocol factory for
+    `loop.create_server` (in the daemon, or in an SMTP worker process)."""
+    handler = CommandMailHandler(
+        domains=cfg.smtp.domains,
+        rules=intake_rules(cfg),
+        spool=spool,
+        reject_invalid=cfg.smtp.reject_invalid,
+        max_recipients=cfg.smtp.max_recipients,
+        on_stored=on_stored,
+        counters=counters,
+        rates=rate_rules(cfg),
+        log_content=cfg.log.content,
+    )
+    factory = smtp_factory(
+        handler,
+        hostname=smtp_hostname(cfg),
+        max_message_size=cfg.smtp.max_message_size,
+        timeout=cfg.smtp.timeout,
+        tls_context=tls,
+        loop=loop,
+        auth_plain_loopback=cfg.smtp.auth_plain_loopback,
+    )
+    return handler, factory
 
 
 def smtp_hostname(cfg: RelayConfig) -> str:
@@ -435,27 +475,15 @@ class Relay:
         stored: Callable[[bool, bool], None],
     ) -> asyncio.Server:
         """The SMTP front in this process (`smtp.workers = 0`)."""
-        self.handler = CommandMailHandler(
-            domains=cfg.smtp.domains,
-            rules=intake_rules(cfg),
+        self.handler, factory = smtp_front(
+            cfg,
             spool=spool,
-            reject_invalid=cfg.smtp.reject_invalid,
-            max_recipients=cfg.smtp.max_recipients,
             on_stored=lambda outcomes: stored(*queued_work(outcomes)),
             counters=self.intake,
-            rates=rate_rules(cfg),
-            log_content=cfg.log.content,
+            tls=self.tls,
+            loop=loop,
         )
         tls = self.tls
-        factory = smtp_factory(
-            self.handler,
-            hostname=smtp_hostname(cfg),
-            max_message_size=cfg.smtp.max_message_size,
-            timeout=cfg.smtp.timeout,
-            tls_context=tls,
-            loop=loop,
-            auth_plain_loopback=cfg.smtp.auth_plain_loopback,
-        )
         server = await loop.create_server(factory, host=cfg.smtp.host, port=cfg.smtp.port)
         if cfg.smtp.tls_port and tls is not None:
             # Implicit TLS (RFC 8314): the same sessions, encrypted from the first byte.
@@ -502,7 +530,7 @@ class Relay:
             per_worker.append(listeners)
         self._extra_servers += servers[1:]
         self.smtp_port = per_worker[0][0][0].getsockname()[1]
-        self.workers = SmtpWorkers(spool, cfg, per_worker, own=self.intake, on_stored=stored)
+        self.workers = SmtpWorkers(spool, cfg, per_worker, on_stored=stored)
         await self.workers.start()
         return servers[0]
 

@@ -1,4 +1,4 @@
-"""The channel between the daemon and its SMTP worker processes (`smtp.workers` > 1).
+"""The channel between the daemon and its SMTP worker processes (`smtp.workers` > 0).
 
 One Unix socket pair per worker, inherited at spawn; each message is a 4-byte big-endian length
 and a pickle. Pickle is safe here: both ends are this program, started by the same user, and the
@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import dataclasses
 import io
-import logging
 import pickle
 import struct
 from collections.abc import Awaitable, Callable
@@ -26,8 +25,6 @@ from typing import Any
 
 from relay.config import LimitsConfig
 from relay.errors import SpoolError
-
-log = logging.getLogger("relay.smtp.ipc")
 
 _LENGTH = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024  # a stored mail is at most smtp.max_message_size × recipients

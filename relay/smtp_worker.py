@@ -28,7 +28,7 @@ from typing import Any
 
 from relay.config import RelayConfig
 from relay.logs import Redactor, secrets_of, setup_logging
-from relay.smtp_front import CommandMailHandler, IntakeCounters, smtp_factory
+from relay.smtp_front import CommandMailHandler, IntakeCounters
 from relay.smtp_ipc import Channel
 from relay.spool.model import NewRequest, StoreResult
 
@@ -113,7 +113,7 @@ class Worker:
             self.handler.rates = rate_rules(cfg)
 
     async def run(self) -> None:
-        from relay.app import intake_rules, rate_rules, smtp_hostname, tls_context
+        from relay.app import smtp_front, tls_context
 
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
@@ -140,25 +140,13 @@ class Worker:
         self.spool = RemoteSpool(channel)
         counters = IntakeCounters()
         self.tls = tls_context(cfg)
-        self.handler = CommandMailHandler(
-            domains=cfg.smtp.domains,
-            rules=intake_rules(cfg),
+        self.handler, factory = smtp_front(
+            cfg,
             spool=self.spool,
-            reject_invalid=cfg.smtp.reject_invalid,
-            max_recipients=cfg.smtp.max_recipients,
             on_stored=lambda _: None,  # the daemon wakes its dispatcher when it stores
             counters=counters,
-            rates=rate_rules(cfg),
-            log_content=cfg.log.content,
-        )
-        factory = smtp_factory(
-            self.handler,
-            hostname=smtp_hostname(cfg),
-            max_message_size=cfg.smtp.max_message_size,
-            timeout=cfg.smtp.timeout,
-            tls_context=self.tls,
+            tls=self.tls,
             loop=loop,
-            auth_plain_loopback=cfg.smtp.auth_plain_loopback,
         )
         servers = []
         for fd, implicit_tls in self._listen:

@@ -25,7 +25,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from relay.config import RelayConfig
@@ -63,6 +63,17 @@ def add_counters(total: IntakeCounters, snapshot: dict[str, Any]) -> None:
             setattr(total, f.name, getattr(total, f.name) + value)
 
 
+async def _late(events: Sequence[asyncio.Event], seconds: float) -> int:
+    """Wait until every event is set, at most `seconds`; how many were not."""
+    if not events:
+        return 0
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    _, late = await asyncio.wait(waits, timeout=seconds)
+    for w in late:
+        w.cancel()
+    return len(late)
+
+
 @dataclass
 class _Slot:
     index: int
@@ -83,12 +94,10 @@ class SmtpWorkers:
         cfg: RelayConfig,
         listeners: Sequence[Sequence[tuple[socket.socket, bool]]],
         *,
-        own: IntakeCounters,  # this process's own (none with workers; kept for the sum)
         on_stored: Callable[[bool, bool], None],  # (SMS jobs queued, mails queued)
     ) -> None:
         self.spool = spool
         self.cfg = cfg
-        self.own = own  # the daemon's own SMTP front's counters
         self.on_stored = on_stored
         # one slot per worker, each with its own listening sockets (SO_REUSEPORT)
         self.slots = [_Slot(i, list(socks)) for i, socks in enumerate(listeners)]
@@ -107,30 +116,24 @@ class SmtpWorkers:
             asyncio.create_task(self._supervise(slot), name=f"smtp-worker-{slot.index}")
             for slot in self.slots
         ]
-        waits = [asyncio.ensure_future(slot.ready.wait()) for slot in self.slots]
-        _, late = await asyncio.wait(waits, timeout=READY_SECONDS)
-        for w in late:
-            w.cancel()
+        late = await _late([slot.ready for slot in self.slots], READY_SECONDS)
         if late:
-            log.error("%d SMTP worker(s) not ready after %.0f s", len(late), READY_SECONDS)
+            log.error("%d SMTP worker(s) not ready after %.0f s", late, READY_SECONDS)
 
     async def reload(self, cfg: RelayConfig) -> None:
         """SIGHUP: the new config to every worker (each swaps its rules and TLS certificate);
         returns when each has said it did (or after RELOAD_SECONDS, logged)."""
         self.cfg = cfg  # also what a worker started from now on gets
         dumped = cfg.model_dump(mode="json")
-        waits = []
+        told: list[asyncio.Event] = []
         for slot in self.slots:
             if slot.channel is not None and not slot.channel.closed:
                 slot.reloaded.clear()
                 slot.channel.event("config", dumped)
-                waits.append(asyncio.ensure_future(slot.reloaded.wait()))
-        if waits:
-            _, late = await asyncio.wait(waits, timeout=RELOAD_SECONDS)
-            for w in late:
-                w.cancel()
-            if late:
-                log.error("%d SMTP worker(s) did not confirm the reload", len(late))
+                told.append(slot.reloaded)
+        late = await _late(told, RELOAD_SECONDS)
+        if late:
+            log.error("%d SMTP worker(s) did not confirm the reload", late)
 
     async def stop(self) -> None:
         """SIGTERM every worker, wait for them to finish their transactions, kill the rest."""
@@ -230,10 +233,9 @@ class SmtpWorkers:
             slot.counters = payload
 
     def total(self) -> IntakeCounters:
-        """The daemon's own counters plus every worker's (live, and those that exited)."""
+        """Every worker's counters summed (live ones, and those that exited)."""
         total = IntakeCounters()
-        for counters in (self.own, self._retired):
-            add_counters(total, {f.name: getattr(counters, f.name) for f in fields(total)})
+        add_counters(total, asdict(self._retired))
         for slot in self.slots:
             add_counters(total, slot.counters)
         return total
