@@ -22,6 +22,11 @@ the connection's lock, when the writer thread is idle, nothing is queued and the
 due for an fsync (`_progress`); otherwise it is queued like any op. The dispatcher's window
 waits for that commit, and through the writer it also waited for two thread hops (wake the
 writer, the GIL, then the loop's self-pipe) about as long as the commit itself.
+
+Bulk stores (issue 9): each statement is an `sqlite3_step` that releases the GIL and must take
+it back from the event loop; the stores of a batch (consecutive `store_all` ops whose requests
+are plain, `_merge_stores`) share their statements (`sqlite_bulk`): ≈13 per batch instead of ≈8
+per request, with the SPEC §5 checks run in Python exactly as one request after another would.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from typing import Any, Literal, TypeVar
 from relay.config import LimitsConfig
 from relay.errors import ErrorCode, SpoolError
 from relay.rates import MINUTE, RateCheck, Usage, active, first_exceeded, utc_day
-from relay.spool import sqlite_prune
+from relay.spool import sqlite_bulk, sqlite_prune
 from relay.spool.base import DEFAULT_PROGRESS_FSYNC
 from relay.spool.checkpoint import Checkpointer
 from relay.spool.model import (
@@ -494,14 +499,21 @@ class SqliteSpool:
         except sqlite3.Error as exc:
             return [(fut, None, SpoolError(f"spool busy: {exc}")) for _, fut, _ in batch]
         values: list[Any] = []
-        for op, _, _ in batch:
+        for op, count in _merge_stores([op for op, _, _ in batch]):
             try:
-                values.append(op(conn))
+                value = op(conn)
             except Exception:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 self._blocks_changed()
                 return None
+            if count is None:
+                values.append(value)
+            else:  # the results of several store ops, stored together: each op's share
+                at = 0
+                for n in count:
+                    values.append(value[at : at + n])
+                    at += n
         failure = self._commit(conn, durable)
         if failure is not None:
             return [(fut, None, failure) for _, fut, _ in batch]
@@ -651,15 +663,7 @@ class SqliteSpool:
 
     async def store_all(self, requests: Sequence[NewRequest]) -> list[StoreResult]:
         batch = list(requests)
-
-        def op(conn: sqlite3.Connection) -> list[StoreResult]:
-            known = _known(conn, batch)
-            held = _rate_tempfail(conn, batch, known)
-            if held is not None:
-                return held
-            return [_store_one(conn, request, known, self._writer_state) for request in batch]
-
-        return await self._do(op) if batch else []
+        return await self._do(_StoreOp(batch, self._writer_state)) if batch else []
 
     async def ip_blocked(self, client_ip: str, now: float) -> bool:
         sql = "SELECT 1 FROM ip_blocks WHERE ip = ? AND until > ?"
@@ -1307,6 +1311,57 @@ def _notice(
         err=err,
         parts=len(jobs),
     )
+
+
+class _StoreOp:
+    """`store_all`'s operation: one mail's requests, stored in the writer's transaction.
+
+    The writer stores the requests of consecutive store ops of a batch together when all are
+    plain (`_merge_stores`, `sqlite_bulk`): a few statements per batch instead of ≈8 per request.
+    """
+
+    __slots__ = ("requests", "state")
+
+    def __init__(self, requests: list[NewRequest], state: WriterState) -> None:
+        self.requests = requests
+        self.state = state
+
+    def plain(self) -> bool:
+        return all(sqlite_bulk.plain(r) for r in self.requests)
+
+    def __call__(self, conn: sqlite3.Connection) -> list[StoreResult]:
+        batch = self.requests
+        if len(batch) > 1 and self.plain():
+            return sqlite_bulk.store_bulk(conn, batch, self.state.due)
+        known = _known(conn, batch)
+        held = _rate_tempfail(conn, batch, known)
+        if held is not None:
+            return held
+        return [_store_one(conn, request, known, self.state) for request in batch]
+
+
+def _merge_stores(ops: list[_Op]) -> list[tuple[_Op, list[int] | None]]:
+    """`ops` with each run of consecutive plain store ops made one (and how many results
+    each of them gets back); every other op as it is (None)."""
+    out: list[tuple[_Op, list[int] | None]] = []
+    run: list[_StoreOp] = []
+
+    def flush() -> None:
+        if len(run) == 1:
+            out.append((run[0], None))
+        elif run:
+            merged = _StoreOp([r for op in run for r in op.requests], run[0].state)
+            out.append((merged, [len(op.requests) for op in run]))
+        run.clear()
+
+    for op in ops:
+        if isinstance(op, _StoreOp) and op.plain():
+            run.append(op)
+            continue
+        flush()
+        out.append((op, None))
+    flush()
+    return out
 
 
 def _known(conn: sqlite3.Connection, batch: list[NewRequest]) -> set[str]:
