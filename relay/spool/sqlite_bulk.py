@@ -157,7 +157,7 @@ def store_bulk(
             flood.update(streaks)
             dirty.update(streaks)
             if adm.fingerprint:
-                window.added.append((adm.fingerprint, now))
+                window.add(adm.fingerprint, now)
         known.add(request.key)
         stored.append(request)
         results.append(StoreResult(stored=True))
@@ -190,11 +190,18 @@ class _Window:
         self._deleted_to = float("-inf")  # every row at or before this is gone
         self._counts: dict[str, int] = {}
         self._band: dict[str, list[float]] = {}  # rows after the first cutoff, up to `top`
-        self.added: list[tuple[str, float]] = []  # rows this batch adds, in order
+        self._added: list[tuple[str, float]] = []  # rows this batch adds, in order
+        self._added_n: dict[str, int] = {}  # … per fingerprint
+        self._oldest_added = float("inf")
 
     def expire(self, cut: float) -> None:
         """`DELETE FROM fingerprints WHERE at <= cut`."""
-        self.added = [(fp, at) for fp, at in self.added if at > cut]
+        if cut >= self._oldest_added:  # rare (a window shorter than the batch's spread)
+            self._added = [(fp, at) for fp, at in self._added if at > cut]
+            self._added_n = {}
+            for fp, _ in self._added:
+                self._added_n[fp] = self._added_n.get(fp, 0) + 1
+            self._oldest_added = min((at for _, at in self._added), default=float("inf"))
         if self._first is not None:
             self._deleted_to = max(self._deleted_to, cut)
             return
@@ -213,7 +220,13 @@ class _Window:
     def seen(self, fp: str) -> int:
         """How many rows `fp` has now (`fingerprint_counts` as `_admit` would read it)."""
         gone = sum(1 for at in self._band.get(fp, ()) if at <= self._deleted_to)
-        return self._counts.get(fp, 0) - gone + sum(1 for f, _ in self.added if f == fp)
+        return self._counts.get(fp, 0) - gone + self._added_n.get(fp, 0)
+
+    def add(self, fp: str, at: float) -> None:
+        """An admitted request's fingerprint row (`_debit`)."""
+        self._added.append((fp, at))
+        self._added_n[fp] = self._added_n.get(fp, 0) + 1
+        self._oldest_added = min(self._oldest_added, at)
 
     def write(self) -> None:
         """The later DELETEs and the batch's rows, on the database."""
@@ -222,7 +235,7 @@ class _Window:
         if self._deleted_to > self._first:
             self._conn.execute("DELETE FROM fingerprints WHERE at <= ?", (self._deleted_to,))
         _insert_rows(
-            self._conn, "INSERT INTO fingerprints(fp, at)", "(?, ?)", self.added, self._limit
+            self._conn, "INSERT INTO fingerprints(fp, at)", "(?, ?)", self._added, self._limit
         )
 
 
