@@ -267,6 +267,22 @@ class JobView:
     receipt: dict[str, Any] = field(default_factory=dict)
 
 
+def job_row(pk: int, job: NewJob, created: float) -> tuple[Any, ...]:
+    """The values of a new `jobs` row after its request's key, in the spools' INSERT order
+    (request_pk, phone, entry, part, parts, submit, not_before, expires_at, updated)."""
+    return (
+        pk,
+        job.phone,
+        job.entry,
+        job.part,
+        job.parts,
+        submit_to_json(job.submit),
+        job.not_before,
+        job.expires_at,
+        created,
+    )
+
+
 def submit_to_json(sm: SubmitSm) -> str:
     """SubmitSm → a JSON text for the spool (bytes as hex, TLVs tagged by type)."""
     return json.dumps(

@@ -83,10 +83,10 @@ from relay.spool.model import (
     Submitted,
     admitted,
     error_code,
+    job_row,
     message_state,
     rate_overs,
     submit_from_json,
-    submit_to_json,
     tempfail_checks,
 )
 from relay.spool.prune_model import PruneStep
@@ -1184,20 +1184,7 @@ async def _store_one(cur: _Cursor, request: NewRequest) -> StoreResult:
             "INSERT INTO jobs(request_pk, phone, entry, part, parts, submit, state,"
             " not_before, expires_at, updated)"
             " VALUES (%s, %s, %s, %s, %s, %s, 'queued', %s, %s, %s)",
-            [
-                (
-                    pk,
-                    j.phone,
-                    j.entry,
-                    j.part,
-                    j.parts,
-                    submit_to_json(j.submit),
-                    j.not_before,
-                    j.expires_at,
-                    request.created,
-                )
-                for j in request.jobs
-            ],
+            [job_row(pk, j, request.created) for j in request.jobs],
         )
     if mails:
         await cur.executemany(

@@ -67,10 +67,10 @@ from relay.spool.model import (
     StoreResult,
     Submitted,
     error_code,
+    job_row,
     message_state,
     rate_overs,
     submit_from_json,
-    submit_to_json,
     tempfail_checks,
 )
 from relay.spool.prune_model import PruneStep
@@ -1415,24 +1415,12 @@ def _store_one(
         ),
     )
     pk = cur.lastrowid
+    assert pk is not None  # set by the INSERT just run
     known.add(request.key)
     conn.executemany(
         "INSERT INTO jobs(request_pk, phone, entry, part, parts, submit, state,"
         " not_before, expires_at, updated) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
-        [
-            (
-                pk,
-                j.phone,
-                j.entry,
-                j.part,
-                j.parts,
-                submit_to_json(j.submit),
-                j.not_before,
-                j.expires_at,
-                request.created,
-            )
-            for j in request.jobs
-        ],
+        [job_row(pk, j, request.created) for j in request.jobs],
     )
     conn.executemany(
         "INSERT INTO mails(request_pk, mail_from, rcpt, data, state, not_before,"

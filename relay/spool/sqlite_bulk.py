@@ -23,7 +23,7 @@ from typing import Any
 
 from relay.errors import ErrorCode
 from relay.rates import active
-from relay.spool.model import NewRequest, StoreResult, submit_to_json
+from relay.spool.model import NewRequest, StoreResult, job_row
 
 # Bound parameters per statement: SQLite's default limit is 32766 since 3.32 (999 before);
 # the connection's own limit is read where sqlite3 offers it (Python ≥ 3.11).
@@ -271,21 +271,7 @@ def _insert_stored(conn: sqlite3.Connection, stored: list[NewRequest], limit: in
         "INSERT INTO jobs(request_pk, phone, entry, part, parts, submit, state,"
         " not_before, expires_at, updated)",
         "(?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
-        [
-            (
-                pk,
-                j.phone,
-                j.entry,
-                j.part,
-                j.parts,
-                submit_to_json(j.submit),
-                j.not_before,
-                j.expires_at,
-                r.created,
-            )
-            for pk, r in zip(pks, stored, strict=True)
-            for j in r.jobs
-        ],
+        [job_row(pk, j, r.created) for pk, r in zip(pks, stored, strict=True) for j in r.jobs],
         limit,
     )
     _insert_rows(
