@@ -10,7 +10,8 @@ SPEC §5 checks run in Python over what those reads returned, in the batch's ord
 `_store_one` would have run them one after the other (the property test compares both).
 
 Plain requests only: no balance, no active rate guard, no IP failure to count and no ERROR 4
-reply to deduplicate. A batch holding anything else is stored one request at a time as before.
+reply to deduplicate. A mail with any other request is stored one request at a time as before
+(the plain mails queued around it still share their statements: `sqlite._merge_stores`).
 sqlite3 has no way to keep the GIL across statements, so fewer statements is the lever; a
 hand-written module because no library batches SQLite writes while keeping per-row semantics.
 """
