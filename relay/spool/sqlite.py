@@ -1320,14 +1320,19 @@ class _StoreOp:
     plain (`_merge_stores`, `sqlite_bulk`): a few statements per batch instead of ≈8 per request.
     """
 
-    __slots__ = ("requests", "state")
+    __slots__ = ("_plain", "requests", "state")
 
-    def __init__(self, requests: list[NewRequest], state: WriterState) -> None:
+    def __init__(
+        self, requests: list[NewRequest], state: WriterState, *, plain: bool | None = None
+    ) -> None:
         self.requests = requests
         self.state = state
+        self._plain = plain  # worked out once, on the writer (`plain`)
 
     def plain(self) -> bool:
-        return all(sqlite_bulk.plain(r) for r in self.requests)
+        if self._plain is None:
+            self._plain = all(sqlite_bulk.plain(r) for r in self.requests)
+        return self._plain
 
     def __call__(self, conn: sqlite3.Connection) -> list[StoreResult]:
         batch = self.requests
@@ -1350,7 +1355,7 @@ def _merge_stores(ops: list[_Op]) -> list[tuple[_Op, list[int] | None]]:
         if len(run) == 1:
             out.append((run[0], None))
         elif run:
-            merged = _StoreOp([r for op in run for r in op.requests], run[0].state)
+            merged = _StoreOp([r for op in run for r in op.requests], run[0].state, plain=True)
             out.append((merged, [len(op.requests) for op in run]))
         run.clear()
 
