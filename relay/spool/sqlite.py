@@ -27,6 +27,22 @@ Bulk stores (issue 9): each statement is an `sqlite3_step` that releases the GIL
 it back from the event loop; the stores of a batch (consecutive `store_all` ops whose requests
 are plain, `_merge_stores`) share their statements (`sqlite_bulk`): ≈13 per batch instead of ≈8
 per request, with the SPEC §5 checks run in Python exactly as one request after another would.
+
+Stores on the event loop (issue 9): even so, each statement of a batch run on the writer thread
+made the event loop give up the GIL and wait to take it back (≈8 blocking waits of the loop and
+≈20 of the writer per batch of ≈8 stores, each a wake-up across cores): with the store's SQL
+replaced by a GIL-free sleep of the same length the daemon kept pace with the bare sink, with
+the real SQL on the writer thread it reached ≈0.55–0.70 of it. So the writer thread still
+gathers the batch (the stores that queued up while it was busy: that is what makes group commit
+work), but a run of consecutive store ops is handed to the event loop, which runs its statements
+in one transaction with synchronous=NORMAL (`_run_stores_on_loop`: no GIL hand-offs while it
+does, the loop holds the GIL anyway). The writer thread, still holding the connection's lock,
+then fsyncs the WAL file itself and only then resolves the stores' futures: `250` still means
+fsynced, exactly as a FULL commit would have it (SQLite's FULL commit is that same fsync of the
+WAL after writing the frames). If the fsync fails, every store of the run gets SpoolError (451;
+the rows are committed in the page cache but not known to be on disk: a client's retry may
+duplicate, nothing is lost). If the loop is not running, or an op raises, the run goes the old
+way on the writer thread.
 """
 
 from __future__ import annotations
@@ -296,8 +312,15 @@ def sqlite_path(url: str) -> str:
 class SqliteSpool:
     """The SQLite spool; see the module docstring for the threading and commit model."""
 
-    def __init__(self, path: str | Path, *, progress_fsync: float = DEFAULT_PROGRESS_FSYNC) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        progress_fsync: float = DEFAULT_PROGRESS_FSYNC,
+        stores_on_loop: bool = True,
+    ) -> None:
         self._path = str(path)
+        self._stores_on_loop = stores_on_loop  # see the module docstring
         self._ops: queue.SimpleQueue[_Item | _Wake | None] = queue.SimpleQueue()
         # The writer's connection, and who uses it: the writer thread for each batch, or the
         # event loop for a progress commit run inline (`_progress`) while the writer is idle.
@@ -440,22 +463,28 @@ class SqliteSpool:
                     self._fsync_wal()
         return self._ops.get()
 
-    def _fsync_wal(self) -> None:
+    def _fsync_wal(self) -> bool:
+        """fsync the WAL file (every commit so far is then durable); whether that worked."""
         try:
             fd = os.open(self._path + "-wal", os.O_RDONLY)
         except FileNotFoundError:  # checkpointed and removed: the database file holds it all
             self._unsynced_since = None
-            return
+            return True
+        except OSError as exc:
+            log.error("spool WAL cannot be opened for fsync: %s", exc)
+            self._unsynced_since = time.monotonic()
+            return False
         try:
             os.fsync(fd)
         except OSError as exc:  # try again at the next deadline
             log.error("spool WAL fsync failed: %s", exc)
             self._unsynced_since = time.monotonic()
-            return
+            return False
         finally:
             os.close(fd)
         self.wal_fsyncs += 1
         self._unsynced_since = None
+        return True
 
     def _sync_mode(self, conn: sqlite3.Connection, batch: list[_Item]) -> bool:
         """Set PRAGMA synchronous for this batch (between transactions, where SQLite allows
@@ -468,13 +497,63 @@ class SqliteSpool:
                 and time.monotonic() - self._unsynced_since >= self._progress_fsync
             )
         )
-        mode = "FULL" if durable else "NORMAL"
+        self._set_synchronous(conn, "FULL" if durable else "NORMAL")
+        return durable
+
+    def _set_synchronous(self, conn: sqlite3.Connection, mode: Literal["FULL", "NORMAL"]) -> None:
         if mode != self._synchronous:
             conn.execute(f"PRAGMA synchronous={mode}")
             self._synchronous = mode
-        return durable
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
+        """Run a batch: each run of consecutive store ops on the event loop (module docstring),
+        the rest here; in queue order, each run in its own transaction."""
+        if not self._stores_on_loop:
+            self._run_here(conn, batch)
+            return
+        for stores, run in _store_runs(batch):
+            results = self._run_stores_on_loop(conn, run) if stores else None
+            if results is None:
+                self._run_here(conn, run)
+            else:
+                self._resolve_all(results)
+
+    def _run_stores_on_loop(
+        self, conn: sqlite3.Connection, run: list[_Item]
+    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]] | None:
+        """`run` (store ops only) in one transaction on the event loop, then the WAL fsynced
+        here; the results to resolve, or None when `run` is to be run here instead (the loop is
+        not running, or an op raised and the transaction was undone)."""
+        loop = self._loop
+        assert loop is not None
+        handoff = _Handoff()
+
+        def on_loop() -> None:
+            if not handoff.claim():
+                return  # the writer gave up waiting (the loop had stopped) and ran it itself
+            try:
+                handoff.results = self._run_together(conn, run, fsync_after=True)
+            finally:
+                handoff.done.set()
+
+        try:
+            loop.call_soon_threadsafe(on_loop)
+        except RuntimeError:  # the loop is closed
+            return None
+        while not handoff.done.wait(0.5):
+            if not loop.is_running() and handoff.claim():
+                return None
+        results = handoff.results
+        if results is None:
+            return None
+        if any(error is None for _, _, error in results):
+            if not self._fsync_wal():
+                failure = SpoolError("spool fsync failed")
+                return [(fut, None, error or failure) for fut, _, error in results]
+            self.commits_synced += 1
+        return results
+
+    def _run_here(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
         """Run a batch in one transaction; if one of its operations raises, undo the batch and
         run each operation alone (so a failure undoes only its own operation).
 
@@ -490,11 +569,17 @@ class SqliteSpool:
         self._resolve_all(results)
 
     def _run_together(
-        self, conn: sqlite3.Connection, batch: list[_Item]
+        self, conn: sqlite3.Connection, batch: list[_Item], *, fsync_after: bool = False
     ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]] | None:
-        """All of `batch` in one transaction, or None (nothing kept) when an operation raised."""
+        """All of `batch` in one transaction, or None (nothing kept) when an operation raised.
+        `fsync_after`: committed with synchronous=NORMAL, the caller fsyncs the WAL before it
+        resolves anything (no bookkeeping of an unsynced commit here)."""
         try:
-            durable = self._sync_mode(conn, batch)
+            if fsync_after:
+                self._set_synchronous(conn, "NORMAL")
+                durable = True
+            else:
+                durable = self._sync_mode(conn, batch)
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             return [(fut, None, SpoolError(f"spool busy: {exc}")) for _, fut, _ in batch]
@@ -514,7 +599,7 @@ class SqliteSpool:
                 for n in count:
                     values.append(value[at : at + n])
                     at += n
-        failure = self._commit(conn, durable)
+        failure = self._commit(conn, durable, counted=not fsync_after)
         if failure is not None:
             return [(fut, None, failure) for _, fut, _ in batch]
         return [(fut, value, None) for (_, fut, _), value in zip(batch, values, strict=True)]
@@ -540,8 +625,11 @@ class SqliteSpool:
         failure = self._commit(conn, durable)
         return [(fut, None, failure) if failure is not None else (fut, value, None)]
 
-    def _commit(self, conn: sqlite3.Connection, durable: bool) -> SpoolError | None:
-        """COMMIT (fsynced or not, as `_sync_mode` chose); the failure, if any."""
+    def _commit(
+        self, conn: sqlite3.Connection, durable: bool, *, counted: bool = True
+    ) -> SpoolError | None:
+        """COMMIT (fsynced or not, as `_sync_mode` chose); the failure, if any. `counted`:
+        False when the caller fsyncs the WAL itself (`_run_stores_on_loop`)."""
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -551,6 +639,8 @@ class SqliteSpool:
             return SpoolError(f"spool commit failed: {exc}")
         finally:
             self._blocks_changed()
+        if not counted:
+            return None
         if durable:
             self.commits_synced += 1
             self._unsynced_since = None
@@ -1311,6 +1401,33 @@ def _notice(
         err=err,
         parts=len(jobs),
     )
+
+
+class _Handoff:
+    """A run of stores handed from the writer thread to the event loop: whoever claims it
+    first runs it (the loop, or the writer when the loop stopped before it got there)."""
+
+    __slots__ = ("_claimed", "done", "results")
+
+    def __init__(self) -> None:
+        self._claimed = threading.Lock()
+        self.done = threading.Event()
+        self.results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] | None = None
+
+    def claim(self) -> bool:
+        return self._claimed.acquire(blocking=False)
+
+
+def _store_runs(batch: list[_Item]) -> list[tuple[bool, list[_Item]]]:
+    """`batch` cut into runs of consecutive items that are store ops (True) or not (False)."""
+    runs: list[tuple[bool, list[_Item]]] = []
+    for item in batch:
+        stores = isinstance(item[0], _StoreOp)
+        if runs and runs[-1][0] == stores:
+            runs[-1][1].append(item)
+        else:
+            runs.append((stores, [item]))
+    return runs
 
 
 class _StoreOp:

@@ -260,11 +260,18 @@ async def test_progress_commits_skip_the_fsync_and_store_keeps_it(tmp_path: Path
         assert await spool._do(_synchronous, durable=False) == 1  # NORMAL: no fsync
         assert (spool.commits_synced, spool.commits_deferred) == (2, 3)
         # A progress op that shares its transaction with a durable one is fsynced with it.
-        got = await asyncio.gather(
+        got = await asyncio.gather(spool._do(_synchronous, durable=False), spool._do(_synchronous))
+        assert got == [2, 2]
+        assert spool.commits_synced == 3
+        # A store queued beside a progress op: its own transaction (on the event loop), whose
+        # WAL fsync before the store's answer makes the progress commit before it durable too.
+        wal_fsyncs = spool.wal_fsyncs
+        mixed = await asyncio.gather(
             spool._do(_synchronous, durable=False), spool.store(_request("k2"))
         )
-        assert got[0] == 2 and got[1].stored is True
-        assert spool.commits_synced == 3
+        assert mixed[0] == 1 and mixed[1].stored is True
+        assert spool.commits_synced == 4 and spool.wal_fsyncs == wal_fsyncs + 1
+        assert spool._unsynced_since is None
         assert (await spool.counts())["submitted"] == 3
     finally:
         await spool.close()
@@ -328,11 +335,12 @@ async def test_unsynced_progress_is_fsynced_within_the_deadline(tmp_path: Path) 
     await spool.open()
     try:
         await spool.store(_request("k"))
+        stored_fsyncs = spool.wal_fsyncs  # the store's own (its commit is fsynced on the writer)
         [job] = await spool.claim(10, now=200.0)
         await spool.mark_submitted_many([Submitted(job.id, "m", ("m",))], 201.0)
-        assert spool.commits_deferred == 2 and spool.wal_fsyncs == 0
+        assert spool.commits_deferred == 2 and spool.wal_fsyncs == stored_fsyncs
         await asyncio.sleep(4 * deadline)  # idle: the writer fsyncs the WAL itself, once
-        assert spool.wal_fsyncs == 1
+        assert spool.wal_fsyncs == stored_fsyncs + 1
         # Busy (progress ops back to back for `busy` s): still an fsync (a FULL commit or the
         # WAL's own) at least every `deadline` s.
         synced = spool.commits_synced + spool.wal_fsyncs
@@ -420,10 +428,13 @@ async def test_a_batch_of_stores_runs_few_statements(tmp_path: Path) -> None:
         gate.set()
         await held
         results = await asyncio.gather(*stores)
-        held_commit, *batch = statements  # the held operation's COMMIT, then the batch
+        held_commit, mode, *batch = statements  # the held operation's COMMIT, then the batch
         await spool._do(lambda c: c.set_trace_callback(None))
         assert [r.stored for r in results] == [True] * 5
         assert held_commit == "COMMIT"
+        # Stores commit on the event loop with NORMAL; the writer fsyncs the WAL before the
+        # answers (test_stores_run_on_the_event_loop_and_answer_after_the_fsync).
+        assert mode == "PRAGMA synchronous=NORMAL"
         assert batch[0] == "BEGIN IMMEDIATE" and batch[-1] == "COMMIT"
         assert batch.count("BEGIN IMMEDIATE") == 1 and batch.count("COMMIT") == 1
         assert not [s for s in batch if "SAVEPOINT" in s or "RELEASE" in s]
