@@ -114,6 +114,11 @@ class SpoolConfig(_Section):
     # cause a re-send, are not fsynced each; on SQLite the WAL is fsynced at least this many
     # seconds after the first one. 0: every commit fsyncs. `store()` (the 250) always does.
     progress_fsync: float = Field(0.1, ge=0, le=10)
+    # Issue 9 (SQLite): under concurrent store load (the last commit held at least 4 stores), a
+    # commit of stores waits until this many seconds after the previous one began, for more
+    # stores to join it (like PostgreSQL's commit_delay with commit_siblings): fewer, larger
+    # transactions for the same fsyncs. A lone client never waits. 0: never wait.
+    commit_delay: float = Field(0.004, ge=0, le=0.1)
 
     @field_validator("url")
     @classmethod

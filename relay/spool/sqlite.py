@@ -43,6 +43,15 @@ WAL after writing the frames). If the fsync fails, every store of the run gets S
 the rows are committed in the page cache but not known to be on disk: a client's retry may
 duplicate, nothing is lost). If the loop is not running, or an op raises, the run goes the old
 way on the writer thread.
+
+Commit delay (issue 9): a transaction's fixed cost (BEGIN, the WAL frames of ≈15 B-tree pages
+at COMMIT, a statement per table) is ≈200 µs of the loop's CPU whether it holds 1 store or 16
+(single-threaded: ≈230 µs per store at 1, 80 at 8, 57 at 16). Under concurrent store load (the
+previous batch held at least `_COMMIT_SIBLINGS` stores) a batch that starts with a store waits
+until `commit_delay` after the previous batch began for more stores to join it, and stops
+waiting as soon as any other op arrives (a claim, a receipt: the drain never waits on it). A
+lone client's store (a batch of one before it) never waits. In place (20 reused sessions):
+store SQL 110–125 → 61–75 µs per mail with 4 ms, +10–48 % mails/s in adjacent runs.
 """
 
 from __future__ import annotations
@@ -111,6 +120,9 @@ _WAKE = _Wake()
 # (each added in place by CREATE … IF NOT EXISTS at open); 5: notices.not_before (_upgrade)
 SCHEMA_VERSION = 5
 _BATCH_MAX = 512
+DEFAULT_COMMIT_DELAY = 0.004  # `spool.commit_delay`
+_COMMIT_SIBLINGS = 4  # stores in the previous batch before a batch waits for more
+_COMMIT_GATHER_MAX = 64  # stores a waiting batch takes before it stops waiting
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -318,9 +330,13 @@ class SqliteSpool:
         *,
         progress_fsync: float = DEFAULT_PROGRESS_FSYNC,
         stores_on_loop: bool = True,
+        commit_delay: float = DEFAULT_COMMIT_DELAY,
     ) -> None:
         self._path = str(path)
         self._stores_on_loop = stores_on_loop  # see the module docstring
+        self._commit_delay = commit_delay
+        self._last_batch_stores = 0  # store ops in the writer's previous batch
+        self._last_batch_start = float("-inf")  # time.monotonic() when it began to run
         self._ops: queue.SimpleQueue[_Item | _Wake | None] = queue.SimpleQueue()
         # The writer's connection, and who uses it: the writer thread for each batch, or the
         # event loop for a progress commit run inline (`_progress`) while the writer is idle.
@@ -431,17 +447,7 @@ class SqliteSpool:
                 if isinstance(item, _Wake):
                     continue
                 batch = [item]
-                stop = False
-                while len(batch) < _BATCH_MAX:
-                    try:
-                        nxt = self._ops.get_nowait()
-                    except queue.Empty:
-                        break
-                    if nxt is None:
-                        stop = True
-                        break
-                    if not isinstance(nxt, _Wake):
-                        batch.append(nxt)
+                stop = self._gather(batch)
                 with self._conn_lock:
                     self._run_batch(conn, batch)
                 if stop:
@@ -450,6 +456,43 @@ class SqliteSpool:
             with self._conn_lock:
                 self._conn = None
                 conn.close()
+
+    def _gather(self, batch: list[_Item]) -> bool:
+        """Add the queued ops to `batch` (its first op), waiting for more stores under load
+        (the module docstring's commit delay); whether the stop sentinel came."""
+        deadline = None
+        if (
+            self._commit_delay > 0
+            and self._last_batch_stores >= _COMMIT_SIBLINGS
+            and isinstance(batch[0][0], _StoreOp)
+        ):
+            deadline = self._last_batch_start + self._commit_delay
+        stores = int(isinstance(batch[0][0], _StoreOp))
+        stop = False
+        while len(batch) < _BATCH_MAX:
+            try:
+                nxt = self._ops.get_nowait()
+            except queue.Empty:
+                wait = 0.0 if deadline is None else deadline - time.monotonic()
+                if wait <= 0 or stores >= _COMMIT_GATHER_MAX:
+                    break
+                try:
+                    nxt = self._ops.get(timeout=wait)
+                except queue.Empty:
+                    break
+            if nxt is None:
+                stop = True
+                break
+            if isinstance(nxt, _Wake):
+                continue
+            batch.append(nxt)
+            if isinstance(nxt[0], _StoreOp):
+                stores += 1
+            else:
+                deadline = None  # another kind of op waits for this batch: no delay
+        self._last_batch_stores = stores
+        self._last_batch_start = time.monotonic()
+        return stop
 
     def _next_item(self, conn: sqlite3.Connection) -> _Item | _Wake | None:
         """The next queued operation; while a progress commit is unsynced, wait only until its

@@ -153,3 +153,80 @@ def test_a_batch_is_cut_into_runs_in_queue_order() -> None:
         assert _store_runs([]) == []
     finally:
         loop.close()
+
+
+async def _after_a_loaded_batch(spool: SqliteSpool) -> None:
+    """Five stores committed together, as under concurrent load."""
+    gate = threading.Event()
+    held = asyncio.ensure_future(spool._do(lambda c: gate.wait(5)))
+    await asyncio.sleep(0.05)
+    stores = [asyncio.ensure_future(spool.store(_request(f"load{i}"))) for i in range(5)]
+    await asyncio.sleep(0.05)
+    gate.set()
+    await held
+    assert [r.stored for r in await asyncio.gather(*stores)] == [True] * 5
+    assert spool._last_batch_stores == 5
+
+
+async def test_under_load_a_store_waits_for_the_commit_delay_and_others_join(
+    tmp_path: Path,
+) -> None:
+    delay = 0.3
+    spool = SqliteSpool(tmp_path / "s.db", commit_delay=delay)
+    await spool.open()
+    seen: list[tuple[str, str]] = []
+    try:
+        await spool._do(_traced(spool, seen))  # type: ignore[arg-type]
+        await _after_a_loaded_batch(spool)
+        loaded_at = spool._last_batch_start
+        seen.clear()
+        first = asyncio.ensure_future(spool.store(_request("a")))
+        await asyncio.sleep(0.1)
+        assert not first.done()  # waiting for siblings
+        second = asyncio.ensure_future(spool.store(_request("b")))
+        results = await asyncio.gather(first, second)
+        assert [r.stored for r in results] == [True, True]
+        begun = spool._last_batch_start
+        sqls = [sql for _, sql in seen]
+        await spool._do(lambda c: c.set_trace_callback(None))
+    finally:
+        await spool.close()
+    # Both in one transaction, begun no earlier than the delay after the loaded batch began.
+    assert sqls.count("BEGIN IMMEDIATE") == 1
+    assert len([s for s in sqls if s.startswith("INSERT INTO requests")]) == 1
+    assert begun - loaded_at >= delay * 0.9
+
+
+async def test_any_other_op_ends_the_wait_and_a_lone_store_never_waits(tmp_path: Path) -> None:
+    spool = SqliteSpool(tmp_path / "s.db", commit_delay=2.0)
+    await spool.open()
+    loop = asyncio.get_running_loop()
+    try:
+        await _after_a_loaded_batch(spool)
+        started = loop.time()
+        waiting = asyncio.ensure_future(spool.store(_request("a")))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        await spool._do(lambda c: c.execute("SELECT 1").fetchone())  # e.g. a claim
+        assert (await waiting).stored is True
+        assert loop.time() - started < 1.0  # not the 2 s delay
+        # The last batch held one store: a lone client's stores go at once, one by one.
+        started = loop.time()
+        for i in range(5):
+            assert (await spool.store(_request(f"lone{i}"))).stored is True
+        assert loop.time() - started < 1.0
+    finally:
+        await spool.close()
+
+
+async def test_commit_delay_zero_never_waits(tmp_path: Path) -> None:
+    spool = SqliteSpool(tmp_path / "s.db", commit_delay=0)
+    await spool.open()
+    loop = asyncio.get_running_loop()
+    try:
+        await _after_a_loaded_batch(spool)
+        started = loop.time()
+        assert (await spool.store(_request("a"))).stored is True
+        assert loop.time() - started < 0.5
+    finally:
+        await spool.close()
