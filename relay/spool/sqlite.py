@@ -1,4 +1,4 @@
-"""The embedded spool: SQLite in WAL mode with synchronous=FULL and group commit (SPEC §8).
+"""The embedded spool: SQLite in WAL mode, fsynced commits and group commit (SPEC §8).
 
 One thread owns the connection (but see inline progress commits below). Callers queue
 operations; the thread runs every operation that is waiting in one transaction, commits once,
