@@ -271,6 +271,7 @@ def _check_config(cfg: RelayConfig, path: Path | None) -> int:
 
 def _serve(cfg: RelayConfig, path: Path | None) -> int:
     from relay.app import Relay
+    from relay.idle_loop import new_event_loop
     from relay.logs import secrets_of, setup_logging
 
     redactor = setup_logging(cfg.log, secrets_of(cfg))
@@ -286,7 +287,9 @@ def _serve(cfg: RelayConfig, path: Path | None) -> int:
         log.warning("no [[accounts]] configured: every command mail will get ERROR = 2")
     relay = Relay(cfg, config_path=path, redactor=redactor)
     try:
-        asyncio.run(relay.run())
+        # asyncio.run(), on a loop that tells the spool when it runs out of work (idle_loop).
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(relay.run())
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return EXIT_FAILURE

@@ -117,8 +117,9 @@ class SpoolConfig(_Section):
     # Issue 9 (SQLite): under concurrent store load (the last commit held at least 4 stores), a
     # commit of stores waits until this many seconds after the previous one began, for more
     # stores to join it (like PostgreSQL's commit_delay with commit_siblings): fewer, larger
-    # transactions for the same fsyncs. A lone client never waits. 0: never wait.
-    commit_delay: float = Field(0.004, ge=0, le=0.1)
+    # transactions for the same fsyncs. A lone client never waits, and nobody waits once the
+    # daemon's event loop has nothing else to run (relay.idle_loop). 0: never wait.
+    commit_delay: float = Field(0.008, ge=0, le=0.1)
 
     @field_validator("url")
     @classmethod
