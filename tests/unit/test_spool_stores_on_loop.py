@@ -7,6 +7,7 @@ import asyncio
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -66,11 +67,57 @@ async def test_stores_run_on_the_event_loop_and_answer_after_the_fsync(
     inserts = [who for who, sql in batch if sql.startswith("INSERT INTO requests")]
     assert inserts == ["MainThread"]  # the four stores: one statement, on the event loop
     assert [who for who, sql in batch if sql == "COMMIT"] == ["MainThread"]
-    # One fsync of the WAL for the four stores, by the writer thread, before any answer.
-    assert fsyncs[0] == ("spool-sqlite", [False] * 4)
+    # One fsync of the WAL for the four stores, before any answer: by the loop itself, right
+    # after the COMMIT (a fast disk: no hop to the writer thread and back).
+    assert fsyncs[0] == ("MainThread", [False] * 4)
     assert spool.commits_synced >= 1
     with sqlite3.connect(tmp_path / "s.db") as conn:
         assert conn.execute("SELECT COUNT(*) FROM requests").fetchone() == (4,)
+
+
+async def test_on_a_slow_disk_the_writer_thread_fsyncs_and_the_loop_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = SqliteSpool(tmp_path / "s.db")
+    await spool.open()
+    real_fsync = os.fsync
+    who: list[str] = []
+
+    def slow_fsync(fd: int) -> None:  # a disk whose fsync takes 5 ms
+        who.append(threading.current_thread().name)
+        time.sleep(0.005)
+        real_fsync(fd)
+
+    loop = asyncio.get_running_loop()
+    stalls: list[float] = []
+
+    async def ticker() -> None:  # how long the loop goes without running a 1 ms timer
+        last = loop.time()
+        while True:
+            await asyncio.sleep(0.001)
+            now = loop.time()
+            stalls.append(now - last)
+            last = now
+
+    try:
+        monkeypatch.setattr(os, "fsync", slow_fsync)
+        for i in range(30):
+            assert (await spool.store(_request(f"slow{i}"))).stored is True
+        tick = asyncio.ensure_future(ticker())
+        await asyncio.sleep(0.01)
+        stalls.clear()
+        who.clear()
+        for i in range(20):
+            assert (await spool.store(_request(f"later{i}"))).stored is True
+        tick.cancel()
+    finally:
+        monkeypatch.setattr(os, "fsync", real_fsync)
+        await spool.close()
+    # Once the average says the disk is slow, every store's fsync is the writer's and the
+    # loop keeps turning meanwhile (no 5 ms stall of the event loop per store).
+    assert who and set(who) == {"spool-sqlite"}
+    assert len([s for s in stalls if s >= 0.005]) < 5  # of 20 stores (a loaded machine)
+    assert spool._fsync_seconds > 0.004
 
 
 async def test_a_failed_wal_fsync_fails_the_stores_and_the_next_one_works(
