@@ -58,9 +58,13 @@ class Spool(Protocol):
         """
         ...
 
-    async def store_all(self, requests: Sequence[NewRequest]) -> list[StoreResult]:
+    def store_all(self, requests: Sequence[NewRequest]) -> Awaitable[list[StoreResult]]:
         """`store` each of one mail's requests, in order, in one transaction (`store` is
         `store_all` of one).
+
+        A coroutine, or (SQLite) a future of the store queued by the call itself: its commit
+        goes on whatever happens to the caller, so the SMTP front can shield it without a task
+        of its own per mail.
 
         The rate guards of each admission (issue 6) are checked first, against the spool's
         count (so they hold across nodes and restarts), and counted with the request: a later

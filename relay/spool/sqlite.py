@@ -840,9 +840,14 @@ class SqliteSpool:
         [result] = await self.store_all([request])
         return result
 
-    async def store_all(self, requests: Sequence[NewRequest]) -> list[StoreResult]:
+    def store_all(self, requests: Sequence[NewRequest]) -> asyncio.Future[list[StoreResult]]:
+        """Queued now: the future of its commit (relay.spool.base.Spool.store_all)."""
         batch = list(requests)
-        return await self._do(_StoreOp(batch, self._writer_state)) if batch else []
+        if not batch:
+            done: asyncio.Future[list[StoreResult]] = asyncio.get_running_loop().create_future()
+            done.set_result([])
+            return done
+        return self._queue(_StoreOp(batch, self._writer_state))
 
     async def ip_blocked(self, client_ip: str, now: float) -> bool:
         sql = "SELECT 1 FROM ip_blocks WHERE ip = ? AND until > ?"

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
+import sqlite3
+import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +18,7 @@ from relay.pipeline import IntakeRules, Outcome
 from relay.sms.model import SmsProfile
 from relay.smtp_front import CommandMailHandler, smtp_factory
 from relay.spool.model import NewRequest, StoreResult
+from relay.spool.sqlite import SqliteSpool
 
 
 class FailingSpool:
@@ -66,6 +70,7 @@ class Front:
     port: int
     spool: object
     outcomes: list[Outcome]
+    handler: CommandMailHandler
 
 
 async def _front(
@@ -93,7 +98,7 @@ async def _front(
         "127.0.0.1",
         0,
     )
-    return Front(server.sockets[0].getsockname()[1], spool, outcomes), server.close
+    return Front(server.sockets[0].getsockname()[1], spool, outcomes, handler), server.close
 
 
 @pytest.fixture
@@ -211,3 +216,67 @@ async def test_client_hanging_up_mid_session_does_not_break_server(memory_front:
         _data, memory_front.port, b"\r\nalex:psw::::79161234567:after\r\n"
     )
     assert code == 250
+
+
+_OK = b"alex:psw::::79161234567:disk full"
+
+
+@pytest.mark.parametrize(
+    ("text", "before", "expected"),
+    [
+        # accepted: its request and job
+        (_OK, False, ([("alex", 0)], 1, 0)),
+        # refused by the pipeline (password): the refusal and its ERROR reply
+        (b"alex:wrong::::79161234567:disk full", False, ([("alex", 2)], 0, 1)),
+        # refused by the spool's duplicate check (9) in the commit itself: then stored
+        (_OK, True, ([("alex", 0), ("alex", 9)], 1, 1)),
+    ],
+)
+async def test_a_client_that_hangs_up_before_the_250_still_has_its_mail_stored(
+    tmp_path: Path, text: bytes, before: bool, expected: tuple[list[tuple[str, int]], int, int]
+) -> None:
+    """The whole mail came, the client left before the answer: aiosmtpd cancels the handler,
+    but the commit goes on, and so does the storing of a refusal (with its reply mail)."""
+    spool = SqliteSpool(tmp_path / "spool.db")
+    await spool.open()
+    front, close = await _front(spool)
+    if before:  # the same text once, answered: the next one is a duplicate
+        code, _ = await asyncio.to_thread(_data, front.port, b"Subject: x\r\n\r\n" + text)
+        assert code == 250
+        front.outcomes.clear()
+    gate = threading.Event()
+    held = asyncio.ensure_future(spool._do(lambda c: gate.wait(10)))  # the writer is busy
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", front.port)
+        await reader.readline()
+        writer.write(b"HELO x\r\nMAIL FROM:<ops@example.org>\r\nRCPT TO:<send@sms.test>\r\n")
+        writer.write(b"DATA\r\n")
+        for _ in range(4):
+            await reader.readline()  # 250 HELO, 250 MAIL, 250 RCPT, 354
+        writer.write(b"Subject: x\r\n\r\n" + text + b"\r\n.\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the handler waits for the commit
+        writer.close()
+        await asyncio.sleep(0.2)  # the server sees the hang-up and cancels the handler
+        gate.set()
+        await held
+        await asyncio.wait_for(front_drained(front), 5)
+    finally:
+        gate.set()
+        close()
+        await spool.close()
+    assert front.outcomes == []  # the handler did not get to its answer: it was cancelled
+    with sqlite3.connect(tmp_path / "spool.db") as conn:
+        rows = conn.execute("SELECT login, error FROM requests ORDER BY pk").fetchall()
+        replies = conn.execute("SELECT COUNT(*) FROM mails").fetchone()[0]
+        jobs = conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+    assert (rows, jobs, replies) == expected
+
+
+async def front_drained(front: Front) -> None:
+    """Until the handler's commits and the rest of their storing are done."""
+    handler = front.handler
+    await handler.drain()
+    while handler._pending:
+        await asyncio.sleep(0.01)
+        await handler.drain()
