@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 import threading
@@ -46,8 +47,9 @@ class PasswordChecker:
     """Verifies a presented secret against the stored password or API key.
 
     Argon2 costs tens of milliseconds by design; a gateway checks the same credentials on every
-    mail, so a successful verification is remembered as an HMAC (keyed with a per-process random
-    key, never the secret itself) and later checks of the same pair cost one HMAC. Failures are
+    mail, so a successful verification is remembered as a MAC of the pair (keyed BLAKE2b with a
+    per-process random key, never the secret itself) and later checks of the same pair cost one
+    MAC. Failures are
     not cached, so a changed password takes effect immediately and guessing stays expensive.
     """
 
@@ -59,8 +61,10 @@ class PasswordChecker:
         self._hasher = PasswordHasher()
 
     def _token(self, stored: str, presented: str) -> bytes:
-        # The one-shot form: OpenSSL's HMAC without a Python HMAC object per mail.
-        return hmac.digest(self._key, stored.encode() + b"\0" + presented.encode("utf-8"), "sha256")
+        # Keyed BLAKE2b is a MAC by design (RFC 7693 §2.5); hashlib's own, ≈0.5 µs: OpenSSL 3's
+        # HMAC fetches its algorithm on every call (4–5 % of the event loop per mail, py-spy).
+        message = stored.encode() + b"\0" + presented.encode("utf-8")
+        return hashlib.blake2b(message, key=self._key, digest_size=32).digest()
 
     def known(self, stored: str, presented: str) -> bool | None:
         """The answer `verify` would give when it needs no argon2 run; None when it does."""

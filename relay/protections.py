@@ -109,12 +109,14 @@ def fingerprint(
     although each resolves to a different instant.
     """
     entries = sorted([sorted(set(phones)), text] for phones, text in messages)
-    canonical = json.dumps(
-        [login.lower(), entries, sender, fmt, channel, time],
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
+    canonical = _CANONICAL.encode([login.lower(), entries, sender, fmt, channel, time])
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+# One encoder for every request (`json.dumps` with options builds one per call); the text is
+# the same as `json.dumps(…, ensure_ascii=False, separators=(",", ":"))`: stored fingerprints
+# stay comparable across versions.
+_CANONICAL = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 def admission(
