@@ -135,10 +135,13 @@ class Procs:
     ) -> None:
         self.stop_all()
 
-    def start(self, name: str, args: list[str], port: int) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, args: list[str], port: int, *, root: Path = ROOT
+    ) -> subprocess.Popen[bytes]:
+        """`python args…` with the package from `root` (a checkout) first on its path."""
         env = {
             **os.environ,
-            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""),
         }
         log = self.workdir / f"{name}.log"
         with log.open("ab") as out:
@@ -199,9 +202,12 @@ class Procs:
         spool: Path,
         smpp_port: int,
         smtp: dict[str, Any] | None = None,
+        spool_cfg: dict[str, Any] | None = None,
+        root: Path = ROOT,
         **smpp: Any,
     ) -> tuple[subprocess.Popen[bytes], int]:
-        """`python -m relay serve` with replies and metrics off (only SMTP → spool → SMPP)."""
+        """`python -m relay serve` with replies and metrics off (only SMTP → spool → SMPP);
+        `root`: the checkout whose `relay` runs (bench.ab compares two)."""
         smtp_port = free_port()
         cfg = write_config(
             self.workdir / f"{name}.toml",
@@ -220,14 +226,14 @@ class Procs:
                     "reconnect_max": 30,
                     **smpp,
                 },
-                "spool": {"url": f"sqlite:///{spool}"},
+                "spool": {"url": f"sqlite:///{spool}", **(spool_cfg or {})},
                 "replies": {"enabled": False, "smarthost": "127.0.0.1:9"},
                 "metrics": {"enabled": False},
                 "limits": BENCH_LIMITS,
             },
             [bench_account()],
         )
-        proc = self.start(name, ["-m", "relay", "serve", "-c", str(cfg)], smtp_port)
+        proc = self.start(name, ["-m", "relay", "serve", "-c", str(cfg)], smtp_port, root=root)
         if self.profile is not None:
             self.attach_profiler(name, proc.pid)
         return proc, smtp_port

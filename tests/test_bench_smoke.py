@@ -36,3 +36,29 @@ def test_bench_smoke_prints_a_ratio_per_benchmark() -> None:
     for name in SMOKE_DEFAULT:
         pattern = rf"^RESULT {name}\.\S+: [0-9.e+]+ .* \| ratio [0-9.]+ \| goal "
         assert re.search(pattern, done.stdout, re.MULTILINE), f"no ratio line for {name}:\n{out}"
+
+
+def test_bench_ab_alternates_two_variants_and_prints_their_medians() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # The Python load generator: what a machine without bench/setup (CI) has.
+    args = ["--tree", f"a={ROOT}", "--set", "b:spool.commit_delay=0", "--rounds", "2"]
+    args += ["--python-load"]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.ab", *args, "--count", "200"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=SMOKE_LIMIT,
+        check=False,
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    runs = re.findall(r"^(\d) (sink|a|b) +(\d+) mails/s", done.stdout, re.MULTILINE)
+    assert sorted((r, n) for r, n, _ in runs) == sorted(
+        (str(i), n) for i in range(2) for n in ("sink", "a", "b")
+    ), out
+    assert all(int(rate) > 0 for _, _, rate in runs)
+    assert re.search(
+        r"^  b +\d+ mails/s  ratio to sink [0-9.]+ .* in \d of 2 rounds$", done.stdout, re.M
+    ), out
