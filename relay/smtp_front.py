@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from email._header_value_parser import get_addr_spec, get_angle_addr
 from email.errors import HeaderParseError
-from typing import Any, AnyStr, Protocol
+from typing import Any, AnyStr, Protocol, TypeVar
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -44,6 +44,7 @@ from relay.smtp_session import LeanSMTP, SessionTables
 from relay.spool.model import NewMail, NewRequest, StoreResult
 
 log = logging.getLogger("relay.smtp")
+T = TypeVar("T")
 
 # A mail up to this size whose password check is cached is processed on the event loop (≈0.1 ms
 # for a simple command mail, a few ms at most for a 4 KiB list); larger ones, and any that needs
@@ -405,11 +406,8 @@ class CommandMailHandler:
             mails=(NewMail(mail_from, rules.postmaster, data, now + rules.validity),),
             comment="postmaster",
         )
-        store = asyncio.ensure_future(self.spool.store(request))
-        self._pending.add(store)
-        store.add_done_callback(self._pending.discard)
         try:
-            await asyncio.shield(store)
+            await asyncio.shield(self._kept(self.spool.store(request)))
         except SpoolError as exc:
             self.counters.temp_failures += 1
             log.error("spool store failed, answering 451: %s", exc)
@@ -556,19 +554,15 @@ class CommandMailHandler:
         # hangs up mid-DATA cancels this handler, never the commit nor the rest of the mail's
         # storing (`_store_rest`, in a task then; `drain` waits for them at a graceful stop).
         # No task per mail otherwise: that and a shield were ≈5 % of ingest (bench, 8 of 8).
-        commit = asyncio.ensure_future(
-            self.spool.store_all([outcomes[i].request for i in admitted])
-        )
-        self._pending.add(commit)
-        commit.add_done_callback(self._pending.discard)
+        commit = self._kept(self.spool.store_all([outcomes[i].request for i in admitted]))
+
+        def finish(results: list[StoreResult]) -> Awaitable[list[Outcome] | None]:
+            return self._finish_store(results, outcomes, admitted, raw, envs, rules, now)
+
         try:
             results = await asyncio.shield(commit)
         except asyncio.CancelledError:
-            rest = asyncio.ensure_future(
-                self._store_rest(commit, outcomes, admitted, raw, envs, rules, now)
-            )
-            self._pending.add(rest)
-            rest.add_done_callback(self._pending.discard)
+            self._kept(self._store_rest(commit, finish))
             raise
         if (
             len(results) == len(admitted)
@@ -576,28 +570,24 @@ class CommandMailHandler:
             and len(admitted) == len(outcomes)
         ):
             return list(outcomes)  # the usual mail: every request stored, nothing more to do
-        finish = asyncio.ensure_future(
-            self._finish_store(results, outcomes, admitted, raw, envs, rules, now)
-        )
-        self._pending.add(finish)
-        finish.add_done_callback(self._pending.discard)
-        return await asyncio.shield(finish)
+        return await asyncio.shield(self._kept(finish(results)))
+
+    def _kept(self, work: Awaitable[T]) -> asyncio.Future[T]:
+        """`work` as a future (a task for a coroutine) that `drain` waits for at a stop."""
+        fut = asyncio.ensure_future(work)
+        self._pending.add(fut)
+        fut.add_done_callback(self._pending.discard)
+        return fut
 
     async def _store_rest(
         self,
         commit: asyncio.Future[list[StoreResult]],
-        outcomes: list[Outcome],
-        admitted: list[int],
-        raw: bytes,
-        envs: list[PipelineEnvelope],
-        rules: IntakeRules,
-        now: float,
+        finish: Callable[[list[StoreResult]], Awaitable[list[Outcome] | None]],
     ) -> None:
         """The rest of `_store` for a mail whose handler was cancelled (the client hung up):
         its refusals are stored all the same (a failure has nobody left to answer: logged)."""
         try:
-            results = await commit
-            await self._finish_store(results, outcomes, admitted, raw, envs, rules, now)
+            await finish(await commit)
         except SpoolError as exc:
             log.error("spool store failed after the client hung up: %s", exc)
 

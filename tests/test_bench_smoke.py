@@ -19,17 +19,21 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE_LIMIT = 60  # seconds for all of them; each is ≈5 s
 
 
-def test_bench_smoke_prints_a_ratio_per_benchmark() -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke"],
+def _bench(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m <args>` from the checkout, bounded by SMOKE_LIMIT."""
+    return subprocess.run(
+        [sys.executable, "-m", *args],
         cwd=ROOT,
-        env=env,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
         text=True,
         timeout=SMOKE_LIMIT,
         check=False,
     )
+
+
+def test_bench_smoke_prints_a_ratio_per_benchmark() -> None:
+    done = _bench("bench", "--smoke")
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
     assert "ERROR" not in done.stdout, out
@@ -39,19 +43,9 @@ def test_bench_smoke_prints_a_ratio_per_benchmark() -> None:
 
 
 def test_bench_ab_alternates_two_variants_and_prints_their_medians() -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # The Python load generator: what a machine without bench/setup (CI) has.
     args = ["--tree", f"a={ROOT}", "--set", "b:spool.commit_delay=0", "--rounds", "2"]
-    args += ["--python-load"]
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.ab", *args, "--count", "200"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=SMOKE_LIMIT,
-        check=False,
-    )
+    done = _bench("bench.ab", *args, "--count", "200", "--python-load")
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
     runs = re.findall(r"^(\d) (sink|a|b) +(\d+) mails/s", done.stdout, re.MULTILINE)

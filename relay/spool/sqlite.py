@@ -804,19 +804,7 @@ class SqliteSpool:
             self._loop.call_soon_threadsafe(_settle, results)
 
     def _resolve(self, fut: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
-        assert self._loop is not None
-
-        def settle() -> None:
-            if fut.done():
-                return
-            if error is not None:
-                fut.set_exception(error)
-            else:
-                fut.set_result(value)
-
-        # A loop closed during shutdown raises RuntimeError: nobody is waiting any more.
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(settle)
+        self._resolve_all([(fut, value, error)])
 
     async def _do(self, op: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
         """Run `op` in the writer's next transaction; `durable=False`: a progress commit."""
