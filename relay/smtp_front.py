@@ -564,11 +564,7 @@ class CommandMailHandler:
         except asyncio.CancelledError:
             self._kept(self._store_rest(commit, finish))
             raise
-        if (
-            len(results) == len(admitted)
-            and all(r.stored and r.over is None for r in results)
-            and len(admitted) == len(outcomes)
-        ):
+        if len(admitted) == len(outcomes) and all(r.stored and r.over is None for r in results):
             return list(outcomes)  # the usual mail: every request stored, nothing more to do
         return await asyncio.shield(self._kept(finish(results)))
 

@@ -41,12 +41,12 @@ stores' futures resolved: `250` still means fsynced, exactly as a FULL commit wo
 (SQLite's FULL commit is that same fsync of the WAL after writing the frames). On a fast disk
 (the recent fsyncs averaged ≤ `_LOOP_FSYNC_MAX`, 1 ms) the loop fsyncs right after its COMMIT
 and answers at once: ≈0.15–0.3 ms of the loop per batch, against a wake-up of the writer
-thread, its fsync, and a wake-up of the loop to answer (+5 % mails/s, 7 of 8 alternating pairs,
-bench ingest); on a slower disk the writer thread, still holding the connection's lock, does
-it and the loop serves other sessions meanwhile. If the fsync fails, every store of the run
-gets SpoolError (451; the rows are committed in the page cache but not known to be on disk: a
-client's retry may duplicate, nothing is lost). If the loop is not running, or an op raises,
-the run goes the old way on the writer thread.
+thread, its fsync, and a wake-up of the loop to answer (+2–5 % mails/s, bench.ab: 6 and 7 of 8
+rounds won in two sets, even in a third); on a slower disk the writer thread, still holding
+the connection's lock, does it and the loop serves other sessions meanwhile. If the fsync
+fails, every store of the run gets SpoolError (451; the rows are committed in the page cache
+but not known to be on disk: a client's retry may duplicate, nothing is lost). If the loop is
+not running, or an op raises, the run goes the old way on the writer thread.
 
 Commit delay (issue 9): a transaction's fixed cost (BEGIN, the WAL frames of ≈15 B-tree pages
 at COMMIT, a statement per table) is ≈200 µs of the loop's CPU whether it holds 1 store or 16
@@ -508,10 +508,10 @@ class SqliteSpool:
                 if wait <= 0 or stores >= _COMMIT_GATHER_MAX:
                     break
                 # Hold for siblings only while the loop has work (`_loop_went_idle`).
-                self._holding = True
-                if self._idle is not None and self._idle.idle:
-                    break
+                self._holding = True  # before the look at the loop: no idle moment is missed
                 try:
+                    if self._idle is not None and self._idle.idle:
+                        break
                     nxt = self._ops.get(timeout=wait)
                 except queue.Empty:
                     break
@@ -626,7 +626,7 @@ class SqliteSpool:
                 results = self._run_together(conn, run, fsync_after=True)
                 handoff.results = results  # (should the fsync here raise: the writer's turn)
                 if results is not None and self._fsync_seconds <= _LOOP_FSYNC_MAX:
-                    # No hop to the writer thread and back: ≈5 % more mails/s (bench ingest).
+                    # No hop to the writer thread and back (module docstring).
                     synced = self._synced(results)
                     handoff.results = []
                     _settle(synced)
